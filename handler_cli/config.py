@@ -1,0 +1,128 @@
+"""Settings, read from the environment and an optional `.env` file.
+
+The variable names are the operators' contract (README, "Configuration"). We read them
+ourselves rather than through pydantic-settings: it costs ~80 ms of start-up that every
+step would pay, and we also want to know where each value came from (`handler-cli doctor`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_ADMIN_EMAIL = "yvanol.fotso@valione-services.com"
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message names the variable."""
+
+
+class Settings(BaseModel):
+    """Every knob of handler-cli; field names are the variable names, lower-cased."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    handler_data_dir: Path | None = None
+    handler_templates_dir: Path | None = None
+    handler_strict: bool = False
+    handler_llm_model: str = "claude-haiku-4-5"
+    handler_llm_timeout: float = 8.0
+    handler_max_file_bytes: int = 25 * 1024 * 1024
+    handler_download_timeout: float = 20.0
+    handler_log_level: str = "INFO"
+
+    hubspot_access_token: str | None = None
+    hubspot_base_url: str = "https://api.hubapi.com"
+    hubspot_portal_id: str | None = None
+    hubspot_pipeline: str = "0"
+    hubspot_pipeline_stage: str = "1"
+
+    r2_account_id: str | None = None
+    r2_access_key_id: str | None = None
+    r2_secret_access_key: str | None = None
+    r2_bucket: str | None = None
+    r2_public_url: str | None = None
+    r2_endpoint_url: str | None = None
+    r2_presign_seconds: int = 7 * 24 * 3600
+
+    clickup_api_token: str | None = None
+    clickup_base_url: str = "https://api.clickup.com/api/v2"
+    clickup_parent_task_id: str = "86c7r48ha"
+
+    smtp_host: str | None = None
+    smtp_port: int | None = None
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_security: Literal["starttls", "ssl", "none"] = "starttls"
+    smtp_timeout: float = 20.0
+    mail_from: str = "Valione Services <no-reply@valione-services.com>"
+    mail_reply_to: str | None = None
+    admin_email: str = DEFAULT_ADMIN_EMAIL
+
+    anthropic_api_key: str | None = None
+    anthropic_base_url: str | None = None
+
+    # Where each set value came from: "env", ".env (path)" or absent (default).
+    sources: dict[str, str] = Field(default_factory=dict, exclude=True)
+
+    @property
+    def data_dir(self) -> Path:
+        if self.handler_data_dir is not None:
+            return self.handler_data_dir
+        from platformdirs import user_data_dir
+
+        return Path(user_data_dir("handler-cli", appauthor=False))
+
+
+SECRET_FIELDS = frozenset(
+    {"hubspot_access_token", "r2_secret_access_key", "clickup_api_token", "smtp_password",
+     "anthropic_api_key", "r2_access_key_id"}
+)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a `.env` file: KEY=value lines, `#` comments, optional quotes and `export`."""
+    values: dict[str, str] = {}
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def load_settings(
+    environ: dict[str, str] | None = None, env_file: Path | None = None, **overrides: object
+) -> Settings:
+    """Build the settings: explicit overrides, then the environment, then `.env`."""
+    environ = dict(os.environ if environ is None else environ)
+    if env_file is None:
+        env_file = Path(environ.get("HANDLER_ENV_FILE", ".env"))
+    file_values = read_env_file(env_file) if env_file.is_file() else {}
+
+    values: dict[str, object] = {}
+    sources: dict[str, str] = {}
+    for name in Settings.model_fields:
+        if name == "sources":
+            continue
+        key = name.upper()
+        if name in overrides and overrides[name] is not None:
+            values[name], sources[name] = overrides[name], "command line"
+        elif environ.get(key, "") != "":
+            values[name], sources[name] = environ[key], "environment"
+        elif file_values.get(key, "") != "":
+            values[name], sources[name] = file_values[key], f".env ({env_file})"
+    try:
+        return Settings(**values, sources=sources)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{str(err['loc'][0]).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid setting: {problems}") from None

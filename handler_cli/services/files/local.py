@@ -1,0 +1,25 @@
+"""The embedded file store: attachments in a folder, linked by file:// URLs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LocalFileStore:
+    name = "local"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def describe(self) -> str:
+        return f"local folder {self.root}"
+
+    def put(self, key: str, data: bytes, content_type: str) -> str:
+        target = (self.root / key).resolve()
+        if not target.is_relative_to(self.root.resolve()):
+            raise ValueError(f"unsafe storage key {key!r}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+        return target.as_uri()

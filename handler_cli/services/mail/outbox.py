@@ -1,0 +1,32 @@
+"""The embedded mailer: every message becomes a real `.eml` file in an outbox folder.
+
+One file per Message-ID, written atomically, so the outbox can be opened in any mail client
+and a message is never there twice.
+"""
+
+from __future__ import annotations
+
+import re
+from email.message import EmailMessage
+from email.policy import SMTP
+from pathlib import Path
+
+
+class OutboxMailer:
+    name = "outbox"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def describe(self) -> str:
+        return f"outbox folder {self.folder} (nothing is really sent)"
+
+    def path_for(self, message_id: str) -> Path:
+        return self.folder / (re.sub(r"[^A-Za-z0-9_.@-]", "_", message_id.strip("<>")) + ".eml")
+
+    def send(self, message: EmailMessage) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        target = self.path_for(str(message["Message-ID"]))
+        tmp = target.with_suffix(".part")
+        tmp.write_bytes(message.as_bytes(policy=SMTP.clone(linesep="\n")))
+        tmp.replace(target)

@@ -1,0 +1,51 @@
+"""The embedded task board: subtasks in an SQLite table, shaped like ClickUp's."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+
+class LocalTaskBoard:
+    name = "local"
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS subtasks (id INTEGER PRIMARY KEY, parent_id TEXT NOT NULL,"
+            " name TEXT NOT NULL, description TEXT NOT NULL, created_at TEXT NOT NULL)"
+        )
+
+    def describe(self) -> str:
+        return f"local SQLite task board at {self.path}"
+
+    def find_subtask(self, parent_id: str, marker: str) -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id FROM subtasks WHERE parent_id = ? AND instr(description, ?) > 0",
+                (parent_id, marker),
+            ).fetchone()
+        return f"local-{row[0]}" if row else None
+
+    def create_subtask(self, parent_id: str, name: str, description: str) -> str:
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO subtasks (parent_id, name, description, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                (parent_id, name, description, datetime.now(UTC).isoformat()),
+            )
+        return f"local-{cur.lastrowid}"
+
+    def subtasks(self, parent_id: str) -> list[tuple[str, str, str]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, name, description FROM subtasks WHERE parent_id = ? ORDER BY id",
+                (parent_id,),
+            ).fetchall()
+        return [(f"local-{r[0]}", r[1], r[2]) for r in rows]
