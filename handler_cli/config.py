@@ -33,6 +33,8 @@ class Settings(BaseModel):
     handler_max_file_bytes: int = 25 * 1024 * 1024
     handler_download_timeout: float = 20.0
     handler_log_level: str = "INFO"
+    # Base of the exponential backoff of HTTP backends (HubSpot, ClickUp); tests shorten it.
+    handler_retry_base_seconds: float = 1.0
 
     hubspot_access_token: str | None = None
     hubspot_base_url: str = "https://api.hubapi.com"

@@ -48,6 +48,7 @@ class EmailRecord:
     at: datetime
     in_reply_to: str | None = None
     attachments: tuple[str, ...] = ()
+    crm_id: str | None = None  # the CRM's own id of the e-mail (HubSpot engagement id)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,14 @@ class CRM(Protocol):
     def ticket_url(self, ticket_id: str) -> str: ...
     def add_note(self, ticket_id: str, body: str) -> None: ...
     def log_email(self, ticket_id: str, email: EmailRecord) -> None: ...
+    def waiting_tickets(self, statuses: tuple[str, ...]) -> list[WaitingTicket]:
+        """Tickets whose validation_status is one of `statuses` (paged under the hood)."""
+        ...
+    def incoming_emails(
+        self, ticket_ids: list[str], skip: set[str]
+    ) -> dict[str, list[EmailRecord]]:
+        """The client's e-mails on each ticket, oldest first, except crm_ids in `skip`."""
+        ...
 
 
 class FileStore(Protocol):
