@@ -1,0 +1,284 @@
+"""Real peers on loopback for the live backends: an aiosmtpd SMTP server and a moto S3 server.
+
+Use the context managers (`smtp_server(...)`, `s3_server()`) for variants, or the pytest
+fixtures `smtp_peer` / `s3_peer` for the plain case. Import fixtures explicitly in a test
+module (`from tests.peers import smtp_peer`) since they do not live in conftest.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import ipaddress
+import socket
+import ssl
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (for servers that cannot bind port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def closed_port() -> int:
+    """A loopback port where the connection is refused at once: a peer that is down."""
+    return free_port()
+
+
+# -- TLS -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PeerCert:
+    """A self-signed certificate for 127.0.0.1 and localhost, with its key, on disk."""
+
+    cert_path: Path
+    key_path: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.cert_path, self.key_path)
+        return ctx
+
+    def client_context(self) -> ssl.SSLContext:
+        """A verifying client context (hostname and chain checked) that trusts this cert."""
+        return ssl.create_default_context(cafile=str(self.cert_path))
+
+
+@functools.cache
+def peer_cert() -> PeerCert:
+    """Made once per test process with `cryptography` (an EC key: fast to generate)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "handler-cli test peer")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(LOOPBACK))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder = Path(tempfile.mkdtemp(prefix="handler-test-cert-"))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return PeerCert(cert_path, key_path)
+
+
+# -- SMTP ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReceivedMail:
+    """One message as the SMTP server accepted it."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        return BytesParser(policy=policy.default).parsebytes(self.data)  # type: ignore[return-value]
+
+
+@dataclass
+class SMTPPeer:
+    """A running aiosmtpd server. Set `rcpt_reply` / `data_reply` (e.g. "550 5.1.1 unknown")
+    to make it refuse recipients or the message, like a real relay would."""
+
+    host: str
+    port: int
+    security: Literal["none", "starttls", "ssl"]
+    received: list[ReceivedMail] = field(default_factory=list)
+    logins: list[str] = field(default_factory=list)
+    rcpt_reply: str | None = None
+    data_reply: str | None = None
+
+    def client_context(self) -> ssl.SSLContext:
+        """The verifying SSL context a client needs to trust this server's certificate."""
+        return peer_cert().client_context()
+
+    def settings(self, **extra: Any) -> dict[str, Any]:
+        """Settings fields pointing at this server (pass to `Settings(**...)`)."""
+        return {"smtp_host": self.host, "smtp_port": self.port,
+                "smtp_security": self.security, "smtp_timeout": 5.0, **extra}
+
+
+class _Handler:
+    """aiosmtpd hooks: record what arrives, or answer with the reply the test chose."""
+
+    def __init__(self, peer: SMTPPeer) -> None:
+        self.peer = peer
+
+    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        if self.peer.rcpt_reply:
+            return self.peer.rcpt_reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
+        self, server: Any, session: Any, envelope: Any
+    ) -> str:
+        if self.peer.data_reply:
+            return self.peer.data_reply
+        self.peer.received.append(
+            ReceivedMail(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.content))
+        )
+        return "250 Message accepted for delivery"
+
+
+@contextmanager
+def smtp_server(
+    *,
+    users: dict[str, str] | None = None,
+    security: Literal["none", "starttls", "ssl"] = "none",
+    auth_require_tls: bool = False,
+) -> Iterator[SMTPPeer]:
+    """An aiosmtpd server on 127.0.0.1; `users` enables AUTH PLAIN/LOGIN with these logins.
+
+    `security="starttls"` offers (and requires) STARTTLS, `"ssl"` speaks TLS from the first
+    byte; both use the self-signed `peer_cert()` that `SMTPPeer.client_context()` trusts.
+    """
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    peer = SMTPPeer(LOOPBACK, free_port(), security)
+
+    def authenticator(
+        server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        if isinstance(auth_data, LoginPassword) and users:
+            login = auth_data.login.decode()
+            if users.get(login) == auth_data.password.decode():
+                peer.logins.append(login)
+                return AuthResult(success=True)
+        return AuthResult(success=False, handled=False)
+
+    kwargs: dict[str, Any] = {}
+    if users is not None:
+        kwargs.update(authenticator=authenticator, auth_require_tls=auth_require_tls)
+    if security == "starttls":
+        kwargs.update(tls_context=peer_cert().server_context(), require_starttls=True)
+    elif security == "ssl":
+        kwargs.update(ssl_context=peer_cert().server_context())
+    controller = Controller(
+        _Handler(peer), hostname=LOOPBACK, port=peer.port, server_hostname="mx.test", **kwargs
+    )
+    controller.start()
+    try:
+        yield peer
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def smtp_peer() -> Iterator[SMTPPeer]:
+    """A plain (no TLS, no AUTH) SMTP server on loopback that records what it receives."""
+    with smtp_server() as peer:
+        yield peer
+
+
+# -- S3 (moto) -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class S3Peer:
+    """A running moto S3 server; any access key is accepted."""
+
+    endpoint_url: str
+    access_key_id: str = "test-access-key"
+    secret_access_key: str = "test-secret-key"
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+        )
+
+    def create_bucket(self, name: str) -> None:
+        self.client().create_bucket(Bucket=name)
+
+    def settings(self, bucket: str, **extra: Any) -> dict[str, Any]:
+        """Settings fields for the R2 store pointing at this server (pass to `Settings`)."""
+        return {"r2_endpoint_url": self.endpoint_url, "r2_bucket": bucket,
+                "r2_access_key_id": self.access_key_id,
+                "r2_secret_access_key": self.secret_access_key, **extra}
+
+    def reset(self) -> None:
+        """Forget every bucket (moto's state is shared by all servers in the process)."""
+        import httpx
+
+        httpx.post(f"{self.endpoint_url}/moto-api/reset", timeout=5.0).raise_for_status()
+
+
+@contextmanager
+def s3_server() -> Iterator[S3Peer]:
+    """moto's S3 in server mode on 127.0.0.1, a port chosen by the OS, empty at start."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address=LOOPBACK, port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    peer = S3Peer(f"http://{host}:{port}")
+    try:
+        peer.reset()
+        yield peer
+    finally:
+        try:
+            peer.reset()
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def s3_peer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Peer]:
+    """An empty moto S3 server; boto3 is kept away from ~/.aws and the real AWS env."""
+    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
+    with s3_server() as peer:
+        yield peer
