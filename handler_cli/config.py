@@ -32,6 +32,9 @@ class Settings(BaseModel):
     handler_llm_timeout: float = 8.0
     handler_max_file_bytes: int = 25 * 1024 * 1024
     handler_download_timeout: float = 20.0
+    # Attachments given as local paths are read only where an operator runs the CLI;
+    # the webhook server turns this off so a form cannot make it read the server's files.
+    handler_allow_local_files: bool = True
     handler_log_level: str = "INFO"
     # Base of the exponential backoff of HTTP backends (HubSpot, ClickUp); tests shorten it.
     handler_retry_base_seconds: float = 1.0

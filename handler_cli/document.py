@@ -22,7 +22,8 @@ ValidationStatus = Literal["pending_info", "pending_credits", "pending_admin", "
 SOURCE_TYPE: dict[str, RequestType] = {"contact": "SUPPORT", "modelisation": "MODELISATION"}
 
 # Deliberately simple: one @, no spaces, a dotted domain. Deliverability is SMTP's job.
-_EMAIL = re.compile(r"^[^@\s<>()\[\],;:\"]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
+_EMAIL = re.compile(rf"^[^@\s<>()\[\],;:\"]{{1,64}}@{_LABEL}(?:\.{_LABEL})+$")
 
 MAX_FILES = 20
 

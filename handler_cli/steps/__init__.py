@@ -56,6 +56,17 @@ SUBTASK = Step("subtask", "subtask", "Create the ClickUp subtask of a validated 
 STEPS: dict[str, Step] = {s.name: s for s in (*PIPELINE, SUBTASK)}
 
 
+def note(doc: Document, ctx: Context, text: str) -> None:
+    """Add a note to the request, and to its ticket once there is one (never twice)."""
+    import hashlib
+
+    doc.add_note(text)
+    if doc.ticket_id:
+        ticket_id = doc.ticket_id
+        key = f"note:{doc.request_id}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+        ctx.ledger.once(key, lambda: (ctx.crm.add_note(ticket_id, text), "done")[1])
+
+
 def apply(step: Step, doc: Document, ctx: Context) -> bool:
     """Run one step on `doc` in place; record a failure on the document instead of raising.
 
@@ -71,6 +82,11 @@ def apply(step: Step, doc: Document, ctx: Context) -> bool:
     except (ServiceError, MissingInput) as exc:
         doc.record_error(step.name, str(exc), ctx.now())
         log.error("%s: %s: %s", doc.request_id, step.name, exc)
+        return False
+    except Exception as exc:  # a bug must not lose the document: record it, keep going
+        doc.record_error(step.name, f"unexpected {type(exc).__name__}: {exc}", ctx.now())
+        log.error("%s: %s: unexpected %s: %s", doc.request_id, step.name,
+                  type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
         return False
     if result is not doc:
         raise TypeError(f"step {step.name} must return the document it was given")

@@ -1,0 +1,3 @@
+from handler_cli.cli import main
+
+main()

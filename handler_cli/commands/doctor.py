@@ -1,0 +1,73 @@
+"""`handler-cli doctor`: which backend each service uses, where its settings came from."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+SERVICE_SETTINGS = {
+    "crm": ("hubspot_access_token", "hubspot_base_url", "hubspot_portal_id", "hubspot_pipeline",
+            "hubspot_pipeline_stage"),
+    "files": ("r2_account_id", "r2_access_key_id", "r2_secret_access_key", "r2_bucket",
+              "r2_public_url", "r2_endpoint_url"),
+    "tasks": ("clickup_api_token", "clickup_base_url", "clickup_parent_task_id"),
+    "mailer": ("smtp_host", "smtp_port", "smtp_user", "smtp_password", "smtp_security",
+               "mail_from", "admin_email"),
+    "llm": ("anthropic_api_key", "anthropic_base_url", "handler_llm_model"),
+}
+
+
+def mask(name: str, value: object) -> str:
+    from handler_cli.config import SECRET_FIELDS
+
+    text = str(value)
+    if name in SECRET_FIELDS:
+        return (text[:4] + "…" + f" ({len(text)} chars)") if len(text) > 8 else "****"
+    return text
+
+
+def doctor(
+    check: Annotated[bool, typer.Option("--check", help="Also prove each live backend works "
+                                        "(one small real call each); exit 1 if one does not.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Treat a local backend as an error.")] = False,
+) -> None:
+    """Show the backend of each service and where its settings came from (secrets masked)."""
+    from handler_cli import logs
+    from handler_cli.config import ConfigError, load_settings
+    from handler_cli.context import Context
+    from handler_cli.services import ServiceError
+
+    logs.setup(-1)
+    try:
+        settings = load_settings(handler_strict=True if strict else None)
+    except ConfigError as exc:
+        print(f"handler-cli: error: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    ctx = Context(settings)
+    out = sys.stderr
+    failures = 0
+    print(f"data dir: {settings.data_dir}", file=out)
+    print(f"strict mode: {'on' if settings.handler_strict else 'off'}", file=out)
+    for service, names in SERVICE_SETTINGS.items():
+        try:
+            backend = getattr(ctx, service)
+        except ConfigError as exc:
+            print(f"\n{service}: ERROR {exc}", file=out)
+            failures += 1
+            continue
+        label = backend.describe() if backend is not None else "none (keywords and form type only)"
+        print(f"\n{service}: {label}", file=out)
+        for name in names:
+            source = settings.sources.get(name)
+            if source:
+                print(f"  {name.upper()} = {mask(name, getattr(settings, name))}  [{source}]",
+                      file=out)
+        if check and backend is not None and hasattr(backend, "check"):
+            try:
+                print(f"  check: ok — {backend.check()}", file=out)
+            except ServiceError as exc:
+                print(f"  check: FAILED — {exc}", file=out)
+                failures += 1
+    raise typer.Exit(1 if failures else 0)

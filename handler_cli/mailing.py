@@ -1,0 +1,138 @@
+"""E-mails: rendered from Jinja2 templates, sent exactly once, logged on the ticket.
+
+A template is a pair `<name>.txt.j2` (required) and `<name>.html.j2` (optional, autoescaped).
+The subject is set inside the text template with `{% set subject = "..." %}` so the wording of
+an e-mail lives in one file. The ticket reference is prefixed to every subject so replies can
+be matched to their ticket.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from email.message import EmailMessage
+from email.utils import formataddr, parseaddr
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from handler_cli.document import SentEmail
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
+
+    from handler_cli.context import Context
+    from handler_cli.document import Document
+
+PACKAGE_TEMPLATES = Path(__file__).parent / "templates"  # in an installed wheel
+SOURCE_TEMPLATES = Path(__file__).parent.parent / "templates"  # in a source checkout
+_HEADER_UNSAFE = re.compile(r"[\r\n\x00-\x1f\x7f]+")
+
+
+def header_safe(value: str) -> str:
+    """Collapse control characters: a newline in a client's `objet` never reaches a header."""
+    return _HEADER_UNSAFE.sub(" ", value).strip()
+
+
+def _fr_date(value: datetime) -> str:
+    return value.strftime("%d/%m/%Y")
+
+
+class Renderer:
+    """Finds templates in the override folder first, then in the shipped ones."""
+
+    def __init__(self, override: Path | None = None) -> None:
+        self.folders = [p for p in (override, PACKAGE_TEMPLATES, SOURCE_TEMPLATES) if p]
+        self._env: Environment | None = None
+
+    @property
+    def env(self) -> Environment:
+        if self._env is None:
+            from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+            self._env = Environment(
+                loader=FileSystemLoader([str(p) for p in self.folders if p.is_dir()]),
+                autoescape=lambda name: bool(name and name.endswith(".html.j2")),
+                undefined=StrictUndefined,
+                keep_trailing_newline=True,
+                trim_blocks=True,
+                lstrip_blocks=True,
+            )
+            self._env.filters["date_fr"] = _fr_date
+        return self._env
+
+    def render(self, name: str, values: dict[str, Any]) -> tuple[str, str, str | None]:
+        """Return (subject, text, html or None) for template `name`."""
+        from jinja2 import TemplateNotFound
+
+        text_template = self.env.get_template(f"{name}.txt.j2")
+        module = text_template.make_module(values)
+        subject = header_safe(str(getattr(module, "subject", "")))
+        text = str(module).strip() + "\n"
+        try:
+            html: str | None = self.env.get_template(f"{name}.html.j2").render(values)
+        except TemplateNotFound:
+            html = None
+        return subject, text, html
+
+
+def message_id(doc: Document, kind: str, sender: str) -> str:
+    """Deterministic per request and kind: a re-run builds the very same message."""
+    domain = parseaddr(sender)[1].rpartition("@")[2] or "handler-cli.local"
+    return f"<{doc.request_id}.{kind}@{domain}>"
+
+
+def build_message(
+    ctx: Context, doc: Document, kind: str, template: str, to: str, extra: dict[str, Any] | None = None
+) -> tuple[EmailMessage, str]:
+    """Render `template` for `doc` into a complete message addressed to `to`."""
+    s = ctx.settings
+    values = {"doc": doc, "settings": s, "now": ctx.now(), **(extra or {})}
+    subject, text, html = ctx.renderer.render(template, values)
+    msg = EmailMessage()
+    msg["Subject"] = f"{doc.ticket_ref} {subject}"
+    msg["From"] = s.mail_from
+    msg["To"] = formataddr((header_safe(doc.user_name), to)) if to == doc.user_email else to
+    if s.mail_reply_to:
+        msg["Reply-To"] = s.mail_reply_to
+    msg["Message-ID"] = message_id(doc, kind, s.mail_from)
+    msg["Date"] = ctx.now().strftime("%a, %d %b %Y %H:%M:%S +0000")
+    msg["X-Handler-Request-Id"] = doc.request_id
+    if doc.ticket_id:
+        msg["X-Handler-Ticket-Id"] = doc.ticket_id
+    msg.set_content(text)
+    if html is not None:
+        msg.add_alternative(html, subtype="html")
+    return msg, text
+
+
+def send_once(
+    ctx: Context, doc: Document, kind: str, template: str, to: str,
+    extra: dict[str, Any] | None = None,
+) -> SentEmail:
+    """Send the e-mail `kind` of this request once, log it on the ticket, note it on the doc.
+
+    The ledger keys the send by Message-ID, so a re-run after a crash or a failed CRM log does
+    not send the client a second copy.
+    """
+    from handler_cli.services import EmailRecord
+
+    if kind in doc.emails:
+        return doc.emails[kind]
+    msg, text = build_message(ctx, doc, kind, template, to, extra)
+    mid = str(msg["Message-ID"])
+
+    def perform() -> str:
+        ctx.mailer.send(msg)
+        return mid
+
+    ctx.ledger.once(f"email:{mid}", perform)
+    sent = SentEmail(
+        message_id=mid, to=to, subject=str(msg["Subject"]), template=template, sent_at=ctx.now()
+    )
+    if doc.ticket_id:
+        ctx.crm.log_email(doc.ticket_id, EmailRecord(
+            message_id=mid, direction="OUTGOING", sender=ctx.settings.mail_from, to=to,
+            subject=sent.subject, text=text, at=sent.sent_at,
+        ))
+    doc.emails[kind] = sent
+    return sent
