@@ -2,7 +2,8 @@
 
 Use the context managers (`smtp_server(...)`, `s3_server()`) for variants, or the pytest
 fixtures `smtp_peer` / `s3_peer` for the plain case. Import fixtures explicitly in a test
-module (`from tests.peers import smtp_peer`) since they do not live in conftest.py.
+module (`from tests.peers import smtp_peer`) since they do not live in conftest.py; `s3_peer`
+needs its session-wide server too: `from tests.peers import s3_peer, s3_server_session`.
 """
 
 from __future__ import annotations
@@ -272,13 +273,26 @@ def s3_server() -> Iterator[S3Peer]:
             server.stop()
 
 
+@pytest.fixture(scope="session")
+def s3_server_session() -> Iterator[S3Peer]:
+    """One moto server for the whole run (stopping one costs half a second)."""
+    with s3_server() as peer:
+        yield peer
+
+
 @pytest.fixture
-def s3_peer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Peer]:
-    """An empty moto S3 server; boto3 is kept away from ~/.aws and the real AWS env."""
+def s3_peer(
+    s3_server_session: S3Peer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[S3Peer]:
+    """An empty moto S3 server; boto3 is kept away from ~/.aws and the real AWS env.
+
+    A module that uses it must import both `s3_peer` and `s3_server_session`.
+    """
     for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ACCESS_KEY_ID",
                 "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
-    with s3_server() as peer:
-        yield peer
+    s3_server_session.reset()
+    yield s3_server_session
+    s3_server_session.reset()
