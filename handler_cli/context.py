@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from handler_cli.ledger import Ledger
     from handler_cli.mailing import Renderer
     from handler_cli.services import CRM, LLM, FileStore, Mailer, TaskBoard
+    from handler_cli.store import DocumentStore
 
 log = logging.getLogger("handler_cli")
 
@@ -132,6 +133,12 @@ class Context:
         from handler_cli.ledger import Ledger
 
         return Ledger(self.settings.data_dir / "ledger.sqlite3")
+
+    @cached_property
+    def documents(self) -> DocumentStore:
+        from handler_cli.store import DocumentStore
+
+        return DocumentStore(self.settings.data_dir / "documents.sqlite3")
 
     @cached_property
     def renderer(self) -> Renderer:

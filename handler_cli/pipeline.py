@@ -26,6 +26,9 @@ def run_chain(
     can save the document as it grows and resume after a crash. A failed step does not stop
     the chain: later steps that do not depend on it still run (a failed upload still gets
     its ticket), and those that do record a MissingInput error.
+
+    A document that has a ticket is kept in the local document store, where the poll finds
+    the request behind a waiting ticket.
     """
     all_ok = True
     for step in steps:
@@ -33,4 +36,6 @@ def run_chain(
         all_ok = all_ok and ok
         if checkpoint is not None:
             checkpoint(step, doc, ok)
+    if doc.ticket_id:
+        ctx.documents.save(doc)
     return all_ok
