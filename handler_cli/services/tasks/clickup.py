@@ -115,7 +115,10 @@ class ClickUpBoard:
                     return str(task["id"])
                 if found is None:
                     unread.append(str(task["id"]))
-            if not tasks or data.get("last_page") is True or len(tasks) < PAGE_SIZE:
+            # `last_page` when ClickUp sends it; a short page otherwise.
+            last_page = data.get("last_page")
+            if not tasks or (last_page if isinstance(last_page, bool)
+                             else len(tasks) < PAGE_SIZE):
                 break
         else:
             log.warning("clickup: stopped looking for %s after %d pages of list %s",
