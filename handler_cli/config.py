@@ -39,6 +39,18 @@ class Settings(BaseModel):
     # Base of the exponential backoff of HTTP backends (HubSpot, ClickUp); tests shorten it.
     handler_retry_base_seconds: float = 1.0
 
+    # The webhook (`handler-cli serve`): credentials, limits, and the shared queue.
+    webhook_secret: str | None = None  # Standard Webhooks key(s), "whsec_..." (space-separated)
+    webhook_token: str | None = None  # accepted as "Authorization: Bearer ..." (space-separated)
+    handler_max_body_bytes: int = 1024 * 1024
+    handler_queue_url: str | None = None  # redis://... for the scaled-out mode; else SQLite
+    handler_workers: int = 2  # worker threads inside `serve`; 0 = intake only
+    handler_insecure: bool = False  # accept unauthenticated requests from non-loopback clients
+    handler_queue_retry_seconds: float = 60.0  # first delay after a transient failure, doubling
+    handler_queue_retry_max_seconds: float = 3600.0
+    handler_queue_max_attempts: int = 12  # then the request is marked failed (~6 h)
+    handler_queue_poll_seconds: float = 1.0  # longest idle wait of a worker polling the queue
+
     hubspot_access_token: str | None = None
     hubspot_base_url: str = "https://api.hubapi.com"
     hubspot_portal_id: str | None = None
@@ -84,7 +96,7 @@ class Settings(BaseModel):
 
 SECRET_FIELDS = frozenset(
     {"hubspot_access_token", "r2_secret_access_key", "clickup_api_token", "smtp_password",
-     "anthropic_api_key", "r2_access_key_id"}
+     "anthropic_api_key", "r2_access_key_id", "webhook_secret", "webhook_token"}
 )
 
 
