@@ -28,17 +28,18 @@ def subtask_name(doc: Document) -> str:
 def subtask_description(doc: Document) -> str:
     """What the production team reads in ClickUp (French, Markdown).
 
-    The ticket reference sits in a code span of its own line: it is the marker that finds
-    the subtask again after a crash, and a code span keeps its brackets in every rendering.
+    The ticket reference sits in a code span on its own line: it is the marker that finds
+    the subtask again after a crash, and a code span keeps
+    Markdown from reading its brackets as a link.
     """
     credits = "non estimés" if doc.credits_estimes is None else str(doc.credits_estimes)
     lines = [
-        f"**Référence :** `{doc.ticket_ref}`",
-        f"**Ticket CRM :** {doc.ticket_url or 'lien indisponible'}",
-        f"**Client :** {doc.user_name} <{doc.user_email}>",
-        f"**Crédits estimés :** {credits}",
-        f"**Objet :** {doc.objet}",
-        f"**Demande :** `{doc.request_id}`",
+        f"- **Référence :** `{doc.ticket_ref}`",
+        f"- **Ticket CRM :** {doc.ticket_url or 'lien indisponible'}",
+        f"- **Client :** {doc.user_name} <{doc.user_email}>",
+        f"- **Crédits estimés :** {credits}",
+        f"- **Objet :** {doc.objet}",
+        f"- **Demande :** `{doc.request_id}`",
         "",
         "## Description",
         "",
