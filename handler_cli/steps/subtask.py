@@ -29,8 +29,8 @@ def subtask_description(doc: Document) -> str:
     """What the production team reads in ClickUp (French, Markdown).
 
     The ticket reference sits in a code span on its own line: it is the marker that finds
-    the subtask again after a crash, and a code span keeps
-    Markdown from reading its brackets as a link.
+    the subtask again after a crash, and the code span keeps Markdown from reading its
+    brackets as a link.
     """
     credits = "non estimés" if doc.credits_estimes is None else str(doc.credits_estimes)
     lines = [
