@@ -82,6 +82,18 @@ class Settings(BaseModel):
     anthropic_api_key: str | None = None
     anthropic_base_url: str | None = None
 
+    # The poll (`handler-cli poll`): where replies are read, when to remind, when to give up.
+    handler_reply_sources: str | None = None  # comma list of hubspot, imap, local
+    handler_remind_days: float = 3.0
+    handler_stale_days: float = 14.0
+    imap_host: str | None = None
+    imap_port: int | None = None
+    imap_user: str | None = None
+    imap_password: str | None = None
+    imap_folder: str = "INBOX"
+    imap_security: Literal["ssl", "starttls", "none"] = "ssl"
+    imap_timeout: float = 20.0
+
     # Where each set value came from: "env", ".env (path)" or absent (default).
     sources: dict[str, str] = Field(default_factory=dict, exclude=True)
 
@@ -96,7 +108,8 @@ class Settings(BaseModel):
 
 SECRET_FIELDS = frozenset(
     {"hubspot_access_token", "r2_secret_access_key", "clickup_api_token", "smtp_password",
-     "anthropic_api_key", "r2_access_key_id", "webhook_secret", "webhook_token"}
+     "anthropic_api_key", "r2_access_key_id", "webhook_secret", "webhook_token",
+     "imap_password"}
 )
 
 
