@@ -116,6 +116,11 @@ class CreditGrid(BaseModel):
             raise ValueError("the last rule must be a credits rule without keywords (the default)")
         if any(r.is_default for r in self.rules[:-1]):
             raise ValueError("only the last rule may have no keywords, patterns or counts")
+        for rule in self.rules:
+            folded = [fold(k) for k in rule.keywords]
+            twins = sorted({k for k in folded if folded.count(k) > 1})
+            if twins or "" in folded:
+                raise ValueError(f"rule {rule.id}: keywords empty or repeated once folded: {twins}")
         for pattern in [p for r in self.rules for p in r.patterns] + self.completeness.size_patterns:
             try:
                 re.compile(pattern)
