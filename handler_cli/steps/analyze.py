@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -211,7 +211,6 @@ def _compile(grid: CreditGrid) -> _Compiled:
     )
 
 
-
 # --- assessment ------------------------------------------------------------------------------
 
 
@@ -219,12 +218,27 @@ def _compile(grid: CreditGrid) -> _Compiled:
 class Assessment:
     """What the grid says about one request."""
 
-    credits: int | None
+    credits: int | None  # None when the request is incomplete or goes to the admin
     completeness: Literal["complete", "incomplete"]
-    missing_info: list[str] = field(default_factory=list)
-    validation_status: AnalysisStatus = "pending_info"
-    rule: str = ""
-    reasons: list[str] = field(default_factory=list)
+    missing_info: list[str]  # French, for the client
+    validation_status: AnalysisStatus
+    rule: str  # id of the grid rule that decided
+    reasons: list[str]  # French, for the studio: rule ids and the words that triggered them
+
+    def ticket_properties(self) -> dict[str, str]:
+        """The CRM ticket properties (HubSpot values are strings; no credits is "")."""
+        return {
+            "validation_status": self.validation_status,
+            "credits_estimes": str(self.credits) if self.credits else "",
+        }
+
+    def record(self, doc: Document) -> None:
+        """Copy the assessment onto the document (after the ticket was updated)."""
+        doc.credits_estimes = self.credits
+        doc.completeness = self.completeness
+        doc.missing_info = list(self.missing_info)
+        doc.validation_status = self.validation_status
+        doc.analysis = Analysis(rule=self.rule, reasons=list(self.reasons))
 
 
 def _quote(words: list[str]) -> str:
@@ -240,7 +254,7 @@ def _rule_hits(rule: GridRule, keywords: list[re.Pattern[str]], patterns: list[r
         if found is not None and found not in hits:
             hits.append(found)
     if rule.distinct_materials:
-        groups = {}
+        groups: dict[str, str] = {}
         for group, words in compiled.materials.items():
             for word in words:
                 found = text.find(word)
@@ -337,14 +351,7 @@ def run(doc: Document, ctx: Context) -> Document:
 
     result = assess(doc.objet, doc.description, doc.file_names())
     # The ticket first: if the CRM refuses, the document stays unassessed and a re-run retries.
-    ctx.crm.update_ticket(doc.ticket_id, {
-        "validation_status": result.validation_status,
-        "credits_estimes": str(result.credits) if result.credits else "",
-    })
-    doc.credits_estimes = result.credits
-    doc.completeness = result.completeness
-    doc.missing_info = list(result.missing_info)
-    doc.validation_status = result.validation_status
-    doc.analysis = Analysis(rule=result.rule, reasons=list(result.reasons))
+    ctx.crm.update_ticket(doc.ticket_id, result.ticket_properties())
+    result.record(doc)
     log.info("%s: analyze: %s (%s)", doc.request_id, result.validation_status, result.rule)
     return doc
