@@ -158,10 +158,19 @@ class LocalCRM:
                 message_id=r["message_id"], direction=r["direction"], sender=r["sender"],
                 to=r["recipient"], subject=r["subject"], text=r["body"],
                 at=datetime.fromisoformat(r["at"]), in_reply_to=r["in_reply_to"],
-                attachments=tuple(json.loads(r["attachments"])),
+                attachments=tuple(json.loads(r["attachments"])), crm_id=str(r["id"]),
             )
             for r in rows
         ]
+
+    def incoming_emails(
+        self, ticket_ids: list[str], skip: set[str]
+    ) -> dict[str, list[EmailRecord]]:
+        """The client's e-mails on each ticket, oldest first, except local ids in `skip`."""
+        return {
+            str(t): [e for e in self.emails(str(t), "INCOMING") if e.crm_id not in skip]
+            for t in ticket_ids
+        }
 
     def waiting_tickets(self, statuses: tuple[str, ...]) -> list[WaitingTicket]:
         with self._lock:
