@@ -44,6 +44,16 @@ class DocumentStore:
             ).fetchone()
         return Document.model_validate_json(row[0]) if row else None
 
+    def validated_without_subtask(self) -> list[Document]:
+        """Validated requests whose production subtask is still missing: the poll retries them."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT body FROM documents"
+                " WHERE json_extract(body, '$.validation_status') = 'validated'"
+                " AND json_extract(body, '$.clickup_subtask_id') IS NULL"
+            ).fetchall()
+        return [Document.model_validate_json(r[0]) for r in rows]
+
     def by_ticket(self, ticket_id: str) -> Document | None:
         with self._lock:
             row = self._db.execute(
