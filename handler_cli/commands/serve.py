@@ -1,0 +1,71 @@
+"""`handler-cli serve`: the webhook, with its workers, until SIGTERM.
+
+Secure by default: with neither WEBHOOK_SECRET nor WEBHOOK_TOKEN set, it binds to loopback
+only; listening elsewhere without authentication takes an explicit `--insecure`.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+EXIT_OK, EXIT_USAGE, EXIT_CONFIG = 0, 2, 3
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and `localhost`; every other address (0.0.0.0 too) is reachable."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
+    workers: Annotated[int | None, typer.Option(
+        help="Worker threads running the chain in this process (HANDLER_WORKERS, default 2). "
+             "0: intake only, for separate `huey_consumer handler_cli.queue.huey` workers.",
+        min=0)] = None,
+    insecure: Annotated[bool, typer.Option(
+        "--insecure",
+        help="Allow listening beyond loopback without WEBHOOK_SECRET or WEBHOOK_TOKEN.")] = False,
+    forwarded_allow_ips: Annotated[str | None, typer.Option(
+        help="Trust X-Forwarded-For/-Proto from these addresses (the reverse proxy), "
+             "e.g. 127.0.0.1.")] = None,
+    access_log: Annotated[bool, typer.Option(
+        help="Log every HTTP request (the reverse proxy usually does).")] = False,
+    shutdown_timeout: Annotated[float, typer.Option(
+        help="On SIGTERM, seconds to let in-flight posts and steps finish.")] = 30.0,
+) -> None:
+    """Receive the web forms' requests: store each one durably, answer 202, process it."""
+    from handler_cli import logs
+    from handler_cli.config import ConfigError, load_settings
+    from handler_cli.webhook_auth import WebhookAuth
+
+    logs.setup(0)
+    try:
+        settings = load_settings(handler_workers=workers, handler_insecure=insecure or None)
+        auth = WebhookAuth.from_settings(settings)
+    except (ConfigError, ValueError) as exc:
+        print(f"handler-cli: error: {exc}", file=sys.stderr)
+        raise typer.Exit(EXIT_CONFIG) from None
+    if not auth.configured:
+        if not is_loopback(host) and not settings.handler_insecure:
+            print(f"handler-cli: error: refusing to listen on {host} without authentication: "
+                  "set WEBHOOK_SECRET or WEBHOOK_TOKEN, or pass --insecure", file=sys.stderr)
+            raise typer.Exit(EXIT_USAGE)
+        print("handler-cli: no WEBHOOK_SECRET or WEBHOOK_TOKEN: "
+              + ("accepting unauthenticated requests from anywhere (--insecure)"
+                 if settings.handler_insecure else "loopback clients only"), file=sys.stderr)
+
+    from handler_cli.server import run_server
+
+    run_server(settings, host, port, forwarded_allow_ips=forwarded_allow_ips,
+               access_log=access_log, shutdown_timeout=shutdown_timeout)

@@ -1,0 +1,456 @@
+"""The webhook: `POST /webhook/request` stores a request durably, then answers 202.
+
+`handler_cli.server:app` is the ASGI app (`uvicorn handler_cli.server:app` works, settings
+from the environment); `handler-cli serve` builds the same app with its options. The
+answer waits for the store's commit and nothing else: the chain runs on the workers (threads
+of this process by default, or separate `huey_consumer` processes in the scaled-out mode).
+
+Stores are written by one thread that commits whatever arrived together in one transaction
+(group commit): one fsync for fifty concurrent posts instead of fifty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import queue as stdlib_queue
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Future
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from handler_cli.config import Settings, load_settings
+from handler_cli.document import Document, FileObject, Payload
+from handler_cli.queue import Accepted, NewRequest, RequestQueue, iso, new_request_id
+from handler_cli.steps import PIPELINE, Step
+from handler_cli.webhook_auth import AuthError, WebhookAuth
+
+log = logging.getLogger("handler_cli")
+
+# Fields the pipeline writes: a sender setting them would skip steps (a fake ticket_id).
+PIPELINE_FIELDS = frozenset(Document.model_fields) - frozenset(Payload.model_fields)
+MAX_KEY_LENGTH = 255
+
+
+def _problem(status: int, error: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": error, **extra}, status_code=status)
+
+
+# --- the payload -----------------------------------------------------------------------------
+
+
+def _field_name(loc: Sequence[int | str]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _pydantic_problems(exc: ValidationError, data: dict[str, Any]) -> list[dict[str, str]]:
+    """One entry per bad field. A `fichiers` item may be a string or an object: report the
+    errors of the form the sender used, not both."""
+    problems: dict[str, str] = {}
+    for err in exc.errors():
+        loc = list(err["loc"])
+        if len(loc) >= 3 and loc[0] == "fichiers" and isinstance(loc[1], int):
+            item = data.get("fichiers", [None] * (loc[1] + 1))[loc[1]]
+            branch = str(loc[2])
+            if isinstance(item, str) != ("str" in branch):
+                if not isinstance(item, (str, dict)):
+                    problems.setdefault(_field_name(loc[:2]), "expected a URL string or an "
+                                        "object {name, url} or {name, content_base64}")
+                continue
+            loc = loc[:2] + loc[3:]
+        message = str(err["msg"]).removeprefix("Value error, ")
+        problems.setdefault(_field_name(loc), message)
+    return [{"field": name, "message": msg} for name, msg in problems.items()]
+
+
+def _web_url(value: str) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def validate_payload(data: Any, request_id: str) -> tuple[Document | None, list[dict[str, str]]]:
+    """The document, or the problems naming each bad field (the 422 body)."""
+    if not isinstance(data, dict):
+        return None, [{"field": "body", "message": "expected a JSON object"}]
+    problems = [
+        {"field": name, "message": "set by the pipeline, not accepted from the webhook"}
+        for name in sorted(PIPELINE_FIELDS & data.keys())
+    ]
+    if problems:
+        return None, problems
+    try:
+        doc = Document.model_validate({**data, "request_id": request_id})
+    except ValidationError as exc:
+        return None, _pydantic_problems(exc, data)
+    # A string is a local path to the CLI; over the web it would read the server's files.
+    for position, item in enumerate(doc.fichiers):
+        url = item.url if isinstance(item, FileObject) else item
+        if url is not None and not _web_url(url):
+            where = f"fichiers.{position}" + (".url" if isinstance(item, FileObject) else "")
+            problems.append({"field": where, "message": "expected an http(s) URL"})
+    return (None, problems) if problems else (doc, [])
+
+
+# --- the group-commit writer -------------------------------------------------------------------
+
+
+class IntakeWriter:
+    """One thread that stores accepted requests in batches, then hands their ids to huey."""
+
+    def __init__(self, rq: RequestQueue, max_batch: int = 256) -> None:
+        self.rq = rq
+        self.max_batch = max_batch
+        self._inbox: stdlib_queue.SimpleQueue[tuple[NewRequest, Future[Accepted]] | None] = (
+            stdlib_queue.SimpleQueue())
+        self._thread = threading.Thread(target=self._run, name="intake-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, item: NewRequest) -> Future[Accepted]:
+        future: Future[Accepted] = Future()
+        self._inbox.put((item, future))
+        return future
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._inbox.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._inbox.get_nowait()
+                except stdlib_queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            try:
+                results = self.rq.store.accept_many([item for item, _ in batch], time.time())
+            except Exception as exc:
+                log.exception("could not store %d request(s)", len(batch))
+                for _, future in batch:
+                    future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                future.set_result(result)
+            created = [r.request_id for r in results if r.created]
+            try:
+                self.rq.enqueue_many(created)
+            except Exception:  # stored all the same: the sweep will queue them
+                log.exception("could not queue %d stored request(s)", len(created))
+
+    def close(self, timeout: float = 30.0) -> None:
+        self._inbox.put(None)
+        self._thread.join(timeout)
+
+
+# --- the app ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Intake:
+    """What the handlers share, built at start-up."""
+
+    settings: Settings
+    auth: WebhookAuth
+    rq: RequestQueue
+    writer: IntakeWriter
+    backend_problems: list[str] = field(default_factory=list)
+
+
+def _loopback(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host in ("localhost", "testclient")
+
+
+def _intake(request: Request) -> Intake:
+    intake: Intake = request.app.state.intake
+    return intake
+
+
+def _unauthenticated_ok(intake: Intake, request: Request) -> bool:
+    """With no credential configured, only loopback clients (unless told otherwise)."""
+    return intake.settings.handler_insecure or _loopback(request)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it passes `limit` bytes (chunked uploads too)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _idempotency_key(request: Request, webhook_id: str | None) -> str | None:
+    if webhook_id:
+        return f"webhook-id:{webhook_id}"
+    given = request.headers.get("idempotency-key", "").strip()
+    return f"idempotency-key:{given}" if given else None
+
+
+async def receive_request(request: Request) -> JSONResponse:
+    """POST /webhook/request"""
+    intake = _intake(request)
+    headers = request.headers
+    if not intake.auth.configured:
+        if not _unauthenticated_ok(intake, request):
+            return _problem(401, "no credential is configured: only loopback clients are "
+                                 "accepted")
+    elif not intake.auth.token_ok(headers) and not intake.auth.may_be_signed(headers):
+        return _problem(401, "authentication required (bearer token or webhook signature)")
+
+    limit = intake.settings.handler_max_body_bytes
+    declared = headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            return _problem(400, "invalid Content-Length")
+        if int(declared) > limit:
+            return _problem(413, f"body larger than {limit} bytes")
+    body = await _read_body(request, limit)
+    if body is None:
+        return _problem(413, f"body larger than {limit} bytes")
+
+    try:
+        verdict = intake.auth.check(headers, body)
+    except AuthError as exc:
+        log.warning("webhook refused from %s: %s",
+                    request.client.host if request.client else "?", exc)
+        return _problem(401, "invalid or expired signature")
+
+    media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/")
+                                            and media.endswith("+json")):
+        return _problem(415, "expected Content-Type: application/json")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _problem(400, f"body is not valid UTF-8 (byte {exc.start})")
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        return _problem(400, f"body is not valid JSON: {exc}")
+    except RecursionError:
+        return _problem(400, "body is not valid JSON: nested too deeply")
+
+    for name in ("webhook-id", "idempotency-key"):
+        if len(headers.get(name, "")) > MAX_KEY_LENGTH:
+            return _problem(400, f"{name} longer than {MAX_KEY_LENGTH} characters")
+    key = _idempotency_key(request, verdict.webhook_id)
+    doc, problems = validate_payload(data, new_request_id())
+    if doc is None:
+        return _problem(422, "invalid payload", fields=problems)
+
+    item = NewRequest(doc.request_id, doc.to_json(), doc.payload_fingerprint(), key)
+    try:
+        accepted = await asyncio.wrap_future(intake.writer.submit(item))
+    except Exception:
+        return JSONResponse({"error": "the request could not be stored; send it again"},
+                            status_code=503, headers={"Retry-After": "5"})
+    if accepted.created:
+        log.info("%s: accepted (%s)", accepted.request_id, doc.source)
+    body_out: dict[str, Any] = {
+        "request_id": accepted.request_id,
+        "status_url": str(request.url_for("request_status", request_id=accepted.request_id)),
+        "status": accepted.status,
+    }
+    if not accepted.created:
+        body_out["duplicate"] = True
+    return JSONResponse(body_out, status_code=202 if accepted.created else 200)
+
+
+def _status_view(intake: Intake, rec: Any) -> dict[str, Any]:
+    data = rec.data()
+    errors = data.get("errors") or []
+    steps: dict[str, str] = {}
+    for name in intake.rq.step_names:
+        outcome = rec.steps.get(name)
+        steps[name] = "pending" if outcome is None else ("ok" if outcome["ok"] else "error")
+    view: dict[str, Any] = {
+        "request_id": rec.request_id,
+        "status": rec.status,
+        "attempts": rec.attempts,
+        "created_at": iso(rec.created_at),
+        "updated_at": iso(rec.updated_at),
+        "steps": steps,
+        "type_final": data.get("type_final"),
+        "ticket_id": data.get("ticket_id"),
+        "ticket_url": data.get("ticket_url"),
+        "validation_status": data.get("validation_status"),
+        "errors": errors,
+    }
+    if rec.status == "retrying":
+        view["next_attempt_at"] = iso(rec.due_at)
+    if rec.last_error:
+        view["last_error"] = rec.last_error
+    return view
+
+
+async def request_status(request: Request) -> JSONResponse:
+    """GET /requests/{request_id}: needs the token, or a signed request (empty body)."""
+    intake = _intake(request)
+    if not intake.auth.configured:
+        if not _unauthenticated_ok(intake, request):
+            return _problem(401, "no credential is configured: only loopback clients are "
+                                 "accepted")
+    else:
+        try:
+            intake.auth.check(request.headers, b"")
+        except AuthError:
+            return _problem(401, "authentication required (bearer token or webhook signature)")
+    request_id = request.path_params["request_id"]
+    rec = await run_in_threadpool(intake.rq.store.get, request_id)
+    if rec is None:
+        return _problem(404, f"no request {request_id}")
+    return JSONResponse(_status_view(intake, rec))
+
+
+async def healthz(request: Request) -> JSONResponse:
+    """Alive: the process answers."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    """Ready: the store takes a write and every backend is configured."""
+    intake = _intake(request)
+    problems = list(intake.backend_problems)
+    try:
+        await run_in_threadpool(intake.rq.store.ping, time.time())
+    except Exception as exc:
+        problems.append(f"store: {type(exc).__name__}: {exc}")
+    if problems:
+        return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+def _backend_problems(settings: Settings) -> list[str]:
+    """Build each service once from the settings, as workers will (strict mode refuses)."""
+    from handler_cli.context import Context
+
+    ctx = Context(settings)
+    problems = []
+    for service in ("crm", "files", "mailer", "tasks", "llm"):
+        try:
+            getattr(ctx, service)
+        except Exception as exc:
+            problems.append(f"{service}: {exc}")
+    return problems
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    steps: Sequence[Step] = PIPELINE,
+    shutdown_timeout: float = 30.0,
+) -> Starlette:
+    """The webhook app. Settings from the environment when not given (read at start-up)."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        current = settings if settings is not None else load_settings()
+        auth = WebhookAuth.from_settings(current)
+        rq = await run_in_threadpool(RequestQueue, current, steps)
+        problems = await run_in_threadpool(_backend_problems, rq.worker_settings)
+        for problem in problems:
+            log.error("not ready: %s", problem)
+        intake = Intake(current, auth, rq, IntakeWriter(rq), problems)
+        app.state.intake = intake
+        workers = current.handler_workers
+        if workers > 0:
+            rq.start_workers(workers, shutdown_timeout=shutdown_timeout)
+        log.info("webhook ready: %s store, %d worker thread(s), %s", type(rq.store).__name__,
+                 workers, "authentication on" if auth.configured else
+                 "NO authentication (loopback clients only)" if not current.handler_insecure
+                 else "NO authentication (insecure)")
+        try:
+            yield
+        finally:
+            # uvicorn has stopped accepting and finished the HTTP requests in flight.
+            intake.writer.close()
+            await run_in_threadpool(rq.stop_workers)
+            rq.close()
+
+    return Starlette(
+        routes=[
+            Route("/webhook/request", receive_request, methods=["POST"]),
+            Route("/requests/{request_id}", request_status, methods=["GET"],
+                  name="request_status"),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def run_server(
+    settings: Settings,
+    host: str,
+    port: int,
+    *,
+    forwarded_allow_ips: str | None = None,
+    access_log: bool = False,
+    shutdown_timeout: float = 30.0,
+) -> None:
+    """Serve until SIGTERM/SIGINT: stop accepting, finish in-flight posts and steps."""
+    import uvicorn
+
+    logging.basicConfig(
+        level=settings.handler_log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("huey").setLevel(logging.WARNING)  # two lines per task otherwise
+    config = uvicorn.Config(
+        create_app(settings, shutdown_timeout=shutdown_timeout),
+        host=host,
+        port=port,
+        lifespan="on",
+        access_log=access_log,
+        proxy_headers=forwarded_allow_ips is not None,
+        forwarded_allow_ips=forwarded_allow_ips,
+        timeout_graceful_shutdown=max(1, round(shutdown_timeout)),
+        server_header=False,
+        log_level=settings.handler_log_level.lower(),
+    )
+    uvicorn.Server(config).run()
+
+
+_app: Starlette | None = None
+
+
+def __getattr__(name: str) -> Any:
+    """`uvicorn handler_cli.server:app`: built on first use, settings read at start-up."""
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = create_app()
+        return _app
+    raise AttributeError(name)
+
+
+if __name__ == "__main__":
+    import typer
+
+    from handler_cli.commands.serve import serve
+
+    typer.run(serve)
