@@ -197,8 +197,8 @@ class FakeHubSpot:
         self.lock = threading.RLock()
         self.objects: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in OBJECT_TYPES}
         self._next_id = dict(FIRST_ID)
-        # (from type, from id, to type, to id, association type id), both directions stored
-        self.associations: set[tuple[str, str, str, str, int]] = set()
+        # (from type, from id, to type) -> {to id: association type id}; both directions
+        self.links: dict[tuple[str, str, str], dict[str, int]] = {}
         self.properties: dict[str, dict[str, dict[str, Any]]] = {
             "tickets": _default_ticket_properties()}
         self.groups: dict[str, dict[str, dict[str, Any]]] = {
@@ -280,10 +280,17 @@ class FakeHubSpot:
         return len(self.calls(method, path))
 
     def associated(self, from_type: str, from_id: str, to_type: str) -> list[str]:
+        """Ids of the `to_type` objects associated with one object, in id order."""
         with self.lock:
-            ids = {a[3] for a in self.associations
-                   if a[0] == from_type and a[1] == str(from_id) and a[2] == to_type}
+            ids = list(self.links.get((from_type, str(from_id), to_type), {}))
         return sorted(ids, key=int)
+
+    @property
+    def associations(self) -> set[tuple[str, str, str, str, int]]:
+        """Every association as (from type, from id, to type, to id, type id)."""
+        with self.lock:
+            return {(*key, to_id, type_id) for key, targets in self.links.items()
+                    for to_id, type_id in targets.items()}
 
     # -- scripting ------------------------------------------------------------------------
 
@@ -476,8 +483,8 @@ class FakeHubSpot:
         if to_id not in self.objects[to_type]:
             raise ApiError(400, f"The following {to_type} ids were not found: {to_id}",
                            "VALIDATION_ERROR")
-        self.associations.add((from_type, from_id, to_type, to_id, type_id))
-        self.associations.add((to_type, to_id, from_type, from_id, REVERSE_TYPE[type_id]))
+        self.links.setdefault((from_type, from_id, to_type), {})[to_id] = type_id
+        self.links.setdefault((to_type, to_id, from_type), {})[from_id] = REVERSE_TYPE[type_id]
 
     def _find_by(self, object_type: str, prop: str, value: str) -> dict[str, Any] | None:
         for obj in self.objects[object_type].values():
@@ -723,10 +730,7 @@ class FakeHubSpot:
         return 200, answer
 
     def _type_id(self, from_type: str, from_id: str, to_type: str, to_id: str) -> int:
-        for a in self.associations:
-            if a[:4] == (from_type, from_id, to_type, to_id):
-                return a[4]
-        return 0
+        return self.links.get((from_type, from_id, to_type), {}).get(to_id, 0)
 
     def _associations_page(self, record: Recorded, body: Any, ot: str, id: str,  # noqa: A002
                            to: str) -> tuple[int, Any]:
