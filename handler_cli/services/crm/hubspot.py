@@ -284,11 +284,11 @@ class HubSpotCRM:
                 return base * random.uniform(1.0, 1.5)
         return base * 2 ** (state.attempt_number - 1) * random.uniform(0.5, 1.5)
 
-    def _retrying(self, what: str) -> Retrying:
+    def _retrying(self) -> Retrying:
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             wait = state.next_action.sleep if state.next_action else 0.0
-            log.warning("hubspot: %s: %s; retry %d/%d in %.2fs", what, exc,
+            log.warning("hubspot: %s; retry %d/%d in %.2fs", exc,
                         state.attempt_number, MAX_ATTEMPTS - 1, wait)
 
         return Retrying(stop=stop_after_attempt(MAX_ATTEMPTS), wait=self._wait,
@@ -335,7 +335,7 @@ class HubSpotCRM:
         """
         maybe_applied = False
         try:
-            for attempt in self._retrying(f"{method} {path}"):
+            for attempt in self._retrying():
                 with attempt:
                     if maybe_applied and recover is not None:
                         found = recover()

@@ -1,0 +1,181 @@
+"""Every request our HubSpot client sends must be one HubSpot's OpenAPI specs allow.
+
+The specs are HubSpot's own, copied unchanged into tests/specs/hubspot/ (see its README). The
+check (`contract_violations`) runs on every scenario of test_hubspot.py when its stand-in
+stops; here a full tour of the client (faults and recoveries included) is checked, the tour is
+shown to reach every endpoint the client uses, and the check is shown to catch violations.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from handler_cli.config import load_settings
+from handler_cli.services import EmailRecord, TicketDraft
+from handler_cli.services.crm.hubspot import HubSpotCRM
+from tests.fakes.hubspot import (
+    DEFAULT_TOKEN,
+    SPECS_DIR,
+    FakeHubSpot,
+    Recorded,
+    _spec,
+    contract_violations,
+    hubspot_server,
+)
+
+# Every endpoint the client calls, as the specs name them.
+CLIENT_OPERATIONS = {
+    ("GET", r"/crm/v3/objects/contacts/[^/]+"): "read contact by e-mail",
+    ("POST", r"/crm/v3/objects/contacts"): "create contact",
+    ("POST", r"/crm/v3/objects/tickets"): "create ticket",
+    ("GET", r"/crm/v3/objects/tickets/[^/]+"): "read ticket (by id or request id)",
+    ("PATCH", r"/crm/v3/objects/tickets/[^/]+"): "update ticket",
+    ("POST", r"/crm/v3/objects/tickets/search"): "search tickets",
+    ("POST", r"/crm/v3/objects/notes"): "create note",
+    ("POST", r"/crm/v3/objects/notes/batch/read"): "read notes",
+    ("POST", r"/crm/v3/objects/emails"): "create e-mail",
+    ("POST", r"/crm/v3/objects/emails/batch/read"): "read e-mails",
+    ("POST", r"/crm/v4/associations/tickets/emails/batch/read"): "ticket e-mails, batch",
+    ("GET", r"/crm/v4/objects/tickets/[^/]+/associations/(notes|emails)"): "one ticket's links",
+    ("GET", r"/crm/v3/properties/tickets"): "list ticket properties",
+    ("POST", r"/crm/v3/properties/tickets"): "create ticket property",
+    ("PATCH", r"/crm/v3/properties/tickets/[^/]+"): "update ticket property",
+    ("GET", r"/crm/v3/properties/tickets/groups/[^/]+"): "read property group",
+    ("POST", r"/crm/v3/properties/tickets/groups"): "create property group",
+    ("GET", r"/account-info/v3/details"): "account details",
+}
+
+
+def operation_of(record: Recorded) -> str | None:
+    # search and batch reads first: their paths also look like "read by id"
+    for (method, pattern), name in sorted(CLIENT_OPERATIONS.items(),
+                                          key=lambda item: -len(item[0][1])):
+        if record.method == method and re.fullmatch(pattern, record.path):
+            return name
+    return None
+
+
+def full_tour(hs: FakeHubSpot, data_dir: Path) -> None:
+    """Each client operation once at least, with the faults that make it recover."""
+    settings = load_settings(environ={
+        "HANDLER_DATA_DIR": str(data_dir), "HANDLER_ENV_FILE": str(data_dir / "no.env"),
+        "HANDLER_RETRY_BASE_SECONDS": "0.01", **hs.environ()})
+    with HubSpotCRM(settings, timeout=2.0) as crm:
+        crm.ensure_properties()
+        hs.properties["tickets"]["validation_status"]["options"].pop()
+        crm.ensure_properties()  # patches the option back
+        crm.check()
+
+        contact = crm.find_or_create_contact("marie@example.fr", "Marie", "Dupont")
+        hs.fail_next("GET", "/crm/v3/objects/contacts/marie@example.fr", status=404,
+                     policy=None, body={"status": "error", "message": "Object not found.",
+                                        "correlationId": "c", "category": "OBJECT_NOT_FOUND"})
+        crm.find_or_create_contact("marie@example.fr", "Marie", "Dupont")  # 409 race
+
+        hs.fail_next("POST", "/crm/v3/objects/tickets", status=429)
+        draft = TicketDraft("req_tour", "Sujet", "Texte", "HIGH", contact,
+                            {"validation_status": "pending_credits", "credits_estimes": "1",
+                             "fichiers_urls": "https://files.example/a.glb"})
+        ticket = crm.create_ticket(draft)
+        crm.create_ticket(draft)  # 409 on the unique request id
+        crm.find_ticket("req_tour")
+        crm.update_ticket(ticket, {"clickup_subtask_id": "86c7r48hb"})
+        crm.get_ticket(ticket)
+        crm.ticket_url(ticket)
+
+        hs.fail_next("POST", "/crm/v3/objects/notes", action="apply_then_drop")
+        crm.add_note(ticket, "Note")
+        hs.fail_next("POST", "/crm/v3/objects/emails", action="apply_then_drop")
+        crm.log_email(ticket, EmailRecord(
+            "<a@v.fr>", "INCOMING", "Marie <marie@example.fr>", "no-reply@v.fr", "Re",
+            "Je valide", datetime(2026, 3, 2, tzinfo=UTC), in_reply_to="<q@v.fr>"))
+
+        for i in range(210):  # two search pages
+            hs.add("tickets", {"subject": f"t{i}", "validation_status": "pending_info"})
+        for _ in range(510):  # two association pages
+            hs.add("emails", {"hs_email_direction": "INCOMING_EMAIL"},
+                   [("tickets", ticket, 224)])
+        hs.fail_next("POST", "/crm/v3/objects/tickets/search", status=429, policy="SECONDLY")
+        crm.waiting_tickets(("pending_info", "pending_credits"))
+        crm.incoming_emails([ticket, "20002"], set())
+
+
+def test_a_full_tour_of_the_client_stays_within_hubspots_specs(tmp_path: Path) -> None:
+    with hubspot_server(custom_properties=False, check_contract=False) as hs:
+        full_tour(hs, tmp_path)
+
+    assert contract_violations(hs.requests) == []
+    reached = {operation_of(r) for r in hs.requests}
+    assert reached == set(CLIENT_OPERATIONS.values())
+    assert any(r.body.get("inputs", [{}])[0].get("after") for r in hs.requests
+               if r.path.endswith("/batch/read") and r.path.startswith("/crm/v4"))
+
+
+def test_the_specs_are_hubspots_openapi_files() -> None:
+    files = sorted(p.name for p in SPECS_DIR.glob("*.json"))
+    assert files == ["associations-v4.json", "contacts.json", "emails.json", "pipelines.json",
+                     "properties.json", "tickets.json"]
+    for name in files:
+        _, raw = _spec(name)
+        assert raw["openapi"] == "3.0.1"
+        assert raw["servers"] == [{"url": "https://api.hubapi.com"}]
+
+
+def _request(method: str, path: str, query: tuple[tuple[str, str], ...] = (),
+             body: object = None) -> Recorded:
+    raw = json.dumps(body).encode() if body is not None else b""
+    return Recorded(method, path, list(query), raw, {"content-type": "application/json"}, 0.0)
+
+
+@pytest.mark.parametrize(("request_", "reason"), [
+    (_request("POST", "/crm/v3/objects/tickets", body={"properties": {"subject": "x"}}),
+     "'associations' is a required property"),
+    (_request("POST", "/crm/v3/objects/tickets",
+              body={"properties": {"credits_estimes": 2}, "associations": []}),
+     "2 is not of type 'string'"),
+    (_request("POST", "/crm/v3/objects/notes", body={"properties": {"hs_note_body": "x"}}),
+     "'associations' is a required property"),
+    (_request("POST", "/crm/v3/objects/tickets/search",
+              body={"filterGroups": [], "limit": 200}),
+     "'after' is a required property"),
+    (_request("POST", "/crm/v3/objects/tickets/search",
+              body={"filterGroups": [], "limit": 200, "after": "0", "properties": [],
+                    "sorts": [{"propertyName": "hs_object_id", "direction": "ASCENDING"}]}),
+     "is not of type 'string'"),
+    (_request("POST", "/crm/v3/objects/emails/batch/read",
+              body={"inputs": [{"id": "1"}], "properties": []}),
+     "'propertiesWithHistory' is a required property"),
+    (_request("POST", "/crm/v3/properties/tickets",
+              body={"name": "x", "label": "x", "type": "text", "fieldType": "text",
+                    "groupName": "handler_cli"}),
+     "'text' is not one of"),
+    (_request("GET", "/crm/v3/objects/tickets/1", query=(("idProprety", "x"),)),
+     "query parameters not in the spec: ['idProprety']"),
+    (_request("GET", "/crm/v3/objects/deals/1"), "no HubSpot spec describes this path"),
+    (_request("DELETE", "/crm/v4/associations/tickets/emails/batch/read"),
+     "not an operation of associations-v4.json"),
+    (_request("GET", "/account-info/v3/details", query=(("portalId", "1"),)),
+     "expected no body and no query"),
+], ids=lambda v: v.path if isinstance(v, Recorded) else "")
+def test_the_contract_check_catches_what_the_specs_forbid(request_: Recorded,
+                                                          reason: str) -> None:
+    violations = contract_violations([request_])
+
+    assert len(violations) == 1
+    assert reason in violations[0]
+
+
+def test_the_stand_in_fails_a_test_whose_client_breaks_the_contract() -> None:
+    with (pytest.raises(AssertionError, match="outside HubSpot's OpenAPI specs"),
+          hubspot_server() as hs):
+        # HubSpot itself would take this (the stand-in does), but the spec requires
+        # `associations`: the stand-in reports it when it stops.
+        httpx.post(f"{hs.url}/crm/v3/objects/tickets", timeout=5.0,
+                   headers={"Authorization": f"Bearer {DEFAULT_TOKEN}"},
+                   json={"properties": {"subject": "x", "hs_pipeline_stage": "1"}})
