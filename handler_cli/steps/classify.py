@@ -1,0 +1,421 @@
+"""Step 1: is the request SUPPORT or MODELISATION? Keywords first, Claude when unsure.
+
+Web forms are often misused (a bug report sent through the modelling form, a modelling
+request through the contact form), so the form's type is only the last resort.
+
+How `confiance` is computed
+---------------------------
+The folded `objet`, `description` and attached file names are matched against the weighted
+lexicon `handler_cli/data/lexicon.json` (words, `stem*` prefixes and multi-word phrases;
+longest match first, a matched phrase consumes its words). Each lexicon term counts once, with
+its best occurrence: ×`title_factor` (1.5) when found in `objet`, ×`file_name_factor` (0.5)
+in a file name, ×`fuzzy_factor` (0.75) when matched through a one-letter typo. Attached files
+add their extension's weight (3D files .glb .usdz .obj .fbx .stl... 5, images 0.75). Then
+`damping` discounts one side's topical words when the other side's strong evidence is present:
+"le modèle 3D ne s'affiche pas" is a malfunction about a 3D model, so the 3D words and files
+count ×0.25 next to malfunction, billing or account terms worth 3 or more.
+
+With s the SUPPORT score, m the MODELISATION score and a = `smoothing` (1.0), each label's
+probability is its smoothed share of the evidence::
+
+    p(SUPPORT) = (s + a) / (s + m + 2a)        p(MODELISATION) = 1 - p(SUPPORT)
+
+The label with the larger share wins and `confiance` is that share: 0.5 without evidence,
+0.83 for one strong word (weight 4) alone; to reach 0.70 the winner needs about 2.3× the
+loser's score plus 1.33. Below 0.70 the LLM is asked, and its label counts when its own
+confidence reaches 0.70 (`confiance` = that confidence). When it is unsure too, fails or is
+not configured, the form's type is kept and `confiance` is the keyword share of that type.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from handler_cli.document import Classification
+from handler_cli.text import fold
+
+if TYPE_CHECKING:
+    from handler_cli.context import Context
+    from handler_cli.document import Document, RequestType
+
+log = logging.getLogger("handler_cli")
+
+CONFIDENCE_THRESHOLD = 0.70
+LABELS: tuple[RequestType, RequestType] = ("SUPPORT", "MODELISATION")
+_UNITS = ("mm", "cm")
+_MEMO_LIMIT = 200_000
+_LLM_MAX_CHARS = 6000
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Term:
+    """One lexicon entry, compiled: the first word's test is in the index, the rest here."""
+
+    text: str
+    label: str | None  # None for neutral phrases (weight 0)
+    group: str
+    role: str
+    weight: float
+    size: int
+    # For words 2..n: (exact alternatives, prefix alternatives).
+    rest: tuple[tuple[frozenset[str], tuple[str, ...]], ...]
+    exact_first: bool
+    stem_length: int
+    fuzzy: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Damping:
+    when: frozenset[tuple[str, str]]
+    targets: frozenset[tuple[str, str]]
+    factor: float
+    min_score: float  # the trigger roles must add up to this much evidence
+    why: str
+
+
+def _split_word(word: str, where: str) -> tuple[frozenset[str], tuple[str, ...]]:
+    """'a|b*' -> ({'a'}, ('b',)); every alternative must fold to a single token."""
+    exact: set[str] = set()
+    prefixes: list[str] = []
+    for alt in word.split("|"):
+        star = alt.endswith("*")
+        token = fold(alt[:-1] if star else alt)
+        if not token or " " in token:
+            raise ValueError(f"lexicon: {where}: '{alt}' is not a single word")
+        if star:
+            prefixes.append(token)
+        else:
+            exact.add(token)
+    return frozenset(exact), tuple(prefixes)
+
+
+def _within_one_edit(a: str, b: str) -> bool:
+    """True when `b` is `a` with one letter added, dropped, replaced or two swapped."""
+    la, lb = len(a), len(b)
+    if abs(la - lb) > 1:
+        return False
+    if la == lb:
+        diff = [i for i in range(la) if a[i] != b[i]]
+        if len(diff) == 1:
+            return True
+        return (
+            len(diff) == 2 and diff[1] == diff[0] + 1
+            and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]]
+        )
+    if la > lb:
+        a, b = b, a
+    i = 0
+    while i < len(a) and a[i] == b[i]:
+        i += 1
+    return a[i:] == b[i + 1:]
+
+
+class Lexicon:
+    """The compiled lexicon: an index by first word, and a per-token memo of candidates."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.smoothing = float(data.get("smoothing", 1.0))
+        self.title_factor = float(data.get("title_factor", 1.5))
+        self.file_name_factor = float(data.get("file_name_factor", 0.5))
+        self.fuzzy_factor = float(data.get("fuzzy_factor", 0.75))
+        self.fuzzy_min_length = int(data.get("fuzzy_min_length", 7))
+        self.exact: dict[str, list[Term]] = {}
+        self.prefix: dict[int, dict[str, list[Term]]] = {}
+        # Single-word terms open to one-typo matches, by first letter: (word, is_stem, term).
+        self.fuzzy_words: dict[str, list[tuple[str, bool, Term]]] = {}
+        self._memo: dict[str, tuple[tuple[Term, bool], ...]] = {}
+        seen: dict[str, str] = {}
+        for group in data["groups"]:
+            name = group["name"]
+            label = group.get("label")
+            if label is not None and label not in LABELS:
+                raise ValueError(f"lexicon: group {name}: unknown label {label!r}")
+            for raw in group["terms"]:
+                text, weight = (raw, group["weight"]) if isinstance(raw, str) else raw
+                key = " ".join(text.split())
+                if key in seen:
+                    raise ValueError(f"lexicon: '{text}' is in both {seen[key]} and {name}")
+                seen[key] = name
+                self._add(text, label, name, group.get("role", "signal"), float(weight),
+                          bool(group.get("fuzzy", False)))
+        files = data.get("files", {})
+        self.file_label: str = files.get("label", "MODELISATION")
+        self.file_role: str = files.get("role", "file")
+        self.extensions: dict[str, float] = {
+            ext.lower(): float(w) for ext, w in files.get("extensions", {}).items()
+        }
+        self.damping = [
+            _Damping(
+                when=frozenset((lab, role) for lab, roles in d["when"].items() for role in roles),
+                targets=frozenset(
+                    (lab, role) for lab, roles in d["discount"].items() for role in roles
+                ),
+                factor=float(d["factor"]),
+                min_score=float(d.get("min_score", 0.0)),
+                why=d.get("why", "discounted"),
+            )
+            for d in data.get("damping", [])
+        ]
+
+    def _add(
+        self, text: str, label: str | None, group: str, role: str, weight: float, fuzzy: bool
+    ) -> None:
+        words = text.replace("'", " ").replace("\u2019", " ").replace("-", " ").split()
+        if not words:
+            raise ValueError(f"lexicon: group {group}: empty term")
+        patterns = [_split_word(w, f"'{text}'") for w in words]
+        (first_exact, first_prefixes), rest = patterns[0], tuple(patterns[1:])
+        for token in first_exact:
+            term = Term(text, label, group, role, weight, len(words), rest, True, len(token),
+                        fuzzy and len(words) == 1 and len(token) >= self.fuzzy_min_length)
+            self.exact.setdefault(token, []).append(term)
+            if term.fuzzy:
+                self.fuzzy_words.setdefault(token[0], []).append((token, False, term))
+        for stem in first_prefixes:
+            term = Term(text, label, group, role, weight, len(words), rest, False, len(stem),
+                        fuzzy and len(words) == 1 and len(stem) >= self.fuzzy_min_length)
+            self.prefix.setdefault(len(stem), {}).setdefault(stem, []).append(term)
+            if term.fuzzy:
+                self.fuzzy_words.setdefault(stem[0], []).append((stem, True, term))
+
+    def candidates(self, token: str) -> tuple[tuple[Term, bool], ...]:
+        """Terms whose first word matches `token`, best first, with a 'by typo' flag."""
+        found = self._memo.get(token)
+        if found is not None:
+            return found
+        lookup = token
+        if token[:1].isdigit() and token.endswith(_UNITS) and token[:-2].isdigit():
+            lookup = token[-2:]  # "90cm" reads as "90 cm"
+        terms = list(self.exact.get(lookup, ()))
+        for length, stems in self.prefix.items():
+            if len(lookup) >= length:
+                terms.extend(stems.get(lookup[:length], ()))
+        result: tuple[tuple[Term, bool], ...]
+        if terms:
+            terms.sort(key=lambda t: (-t.size, not t.exact_first, -t.stem_length, -t.weight))
+            result = tuple((t, False) for t in terms)
+        elif len(lookup) >= self.fuzzy_min_length:
+            result = tuple((t, True) for t in self._fuzzy(lookup))
+        else:
+            result = ()
+        if len(self._memo) >= _MEMO_LIMIT:
+            self._memo.clear()
+        self._memo[token] = result
+        return result
+
+    def _fuzzy(self, token: str) -> list[Term]:
+        hits: list[Term] = []
+        for word, is_stem, term in self.fuzzy_words.get(token[0], ()):
+            if is_stem:
+                n = len(word)
+                ok = any(
+                    _within_one_edit(token[:k], word) for k in (n - 1, n, n + 1)
+                    if k <= len(token)
+                )
+            else:
+                ok = _within_one_edit(token, word)
+            if ok:
+                hits.append(term)
+        return hits
+
+    def scan(
+        self, tokens: Sequence[str], factor: float, hits: dict[Term, tuple[float, str]]
+    ) -> None:
+        """Add each term found in `tokens` to `hits`: its best factor so far, and the words."""
+        i, n = 0, len(tokens)
+        fuzzy_factor = self.fuzzy_factor
+        while i < n:
+            cands = self.candidates(tokens[i])
+            step = 1
+            for term, by_typo in cands:
+                size = term.size
+                if size > 1:
+                    if i + size > n:
+                        continue
+                    ok = True
+                    for k, (exact, prefixes) in enumerate(term.rest, 1):
+                        tok = tokens[i + k]
+                        if tok not in exact and not (prefixes and tok.startswith(prefixes)):
+                            ok = False
+                            break
+                    if not ok:
+                        continue
+                f = factor * fuzzy_factor if by_typo else factor
+                best = hits.get(term)
+                if best is None or best[0] < f:
+                    hits[term] = (f, " ".join(tokens[i:i + size]))
+                step = size
+                break
+            i += step
+
+
+@lru_cache(maxsize=1)
+def load_lexicon() -> Lexicon:
+    """The packaged lexicon, parsed and indexed once per process."""
+    raw = resources.files("handler_cli").joinpath("data/lexicon.json").read_text("utf-8")
+    return Lexicon(json.loads(raw))
+
+
+@dataclass
+class KeywordScore:
+    """What the keywords say about one request."""
+
+    label: RequestType | None  # None when the evidence is exactly balanced
+    confiance: float  # share of the evidence for `label` (0.5 when balanced)
+    scores: dict[str, float]
+    reasons: list[str] = field(default_factory=list)
+    smoothing: float = 1.0
+
+    def share(self, label: str) -> float:
+        """Smoothed share of the evidence for `label` (see the module docstring)."""
+        a = self.smoothing
+        s, m = self.scores["SUPPORT"], self.scores["MODELISATION"]
+        p_support = (s + a) / (s + m + 2 * a)
+        return p_support if label == "SUPPORT" else 1.0 - p_support
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    stem, dot, ext = name.rpartition(".")
+    return (stem, ext.lower()) if dot and stem else (name, "")
+
+
+def score_request(
+    objet: str, description: str, file_names: Iterable[str] = (), lexicon: Lexicon | None = None
+) -> KeywordScore:
+    """Score a request's text and attachments against the lexicon (no I/O, ~tens of µs)."""
+    lex = lexicon or load_lexicon()
+    hits: dict[Term, tuple[float, str]] = {}
+    lex.scan(fold(objet).split(), lex.title_factor, hits)
+    lex.scan(fold(description).split(), 1.0, hits)
+    file_hits: dict[str, float] = {}
+    for name in file_names:
+        stem, ext = _split_name(name)
+        lex.scan(fold(stem).split(), lex.file_name_factor, hits)
+        weight = lex.extensions.get(ext)
+        if weight:
+            file_hits[f".{ext}"] = weight
+
+    # Evidence by (label, role) before damping, to decide which damping rules apply.
+    by_role: dict[tuple[str, str], float] = {}
+    for term, (factor, _) in hits.items():
+        if term.label is not None and term.weight > 0:
+            key = (term.label, term.role)
+            by_role[key] = by_role.get(key, 0.0) + term.weight * factor
+    if file_hits:
+        by_role[(lex.file_label, lex.file_role)] = sum(file_hits.values())
+    discounts: dict[tuple[str, str], float] = {}
+    notes: list[str] = []
+    for rule in lex.damping:
+        trigger = sum(by_role.get(key, 0.0) for key in rule.when)
+        if trigger > 0 and trigger >= rule.min_score:
+            applied = rule.targets & by_role.keys()
+            for target in applied:
+                discounts[target] = min(discounts.get(target, 1.0), rule.factor)
+            if applied:
+                notes.append(f"{rule.why} (x{rule.factor:g})")
+
+    scores = {"SUPPORT": 0.0, "MODELISATION": 0.0}
+    contributions: dict[str, list[tuple[float, str]]] = {"SUPPORT": [], "MODELISATION": []}
+    for term, (factor, words) in hits.items():
+        if term.label is None or term.weight <= 0:
+            continue
+        value = term.weight * factor * discounts.get((term.label, term.role), 1.0)
+        scores[term.label] += value
+        contributions[term.label].append((value, words))
+    file_discount = discounts.get((lex.file_label, lex.file_role), 1.0)
+    for ext, weight in file_hits.items():
+        scores[lex.file_label] += weight * file_discount
+        contributions[lex.file_label].append((weight * file_discount, f"file {ext}"))
+
+    result = KeywordScore(label=None, confiance=0.5, scores=scores, smoothing=lex.smoothing)
+    s, m = scores["SUPPORT"], scores["MODELISATION"]
+    if s != m:
+        result.label = "SUPPORT" if s > m else "MODELISATION"
+        result.confiance = result.share(result.label)
+    result.scores = {k: round(v, 3) for k, v in scores.items()}
+    result.reasons = [f"keywords: SUPPORT {s:.2f} vs MODELISATION {m:.2f}"]
+    for label in LABELS:
+        top = sorted(contributions[label], reverse=True)[:4]
+        if top:
+            listed = ", ".join(f"'{text}' {value:.2f}" for value, text in top)
+            result.reasons.append(f"{label}: {listed}")
+    result.reasons.extend(notes)
+    return result
+
+
+def score(doc: Document) -> KeywordScore:
+    """Keyword score of a document (objet, description, file names)."""
+    return score_request(doc.objet, doc.description, doc.file_names())
+
+
+def request_text(doc: Document) -> str:
+    """What the LLM reads: the request as the client wrote it, with its attachments' names."""
+    description = doc.description
+    if len(description) > _LLM_MAX_CHARS:
+        description = description[:_LLM_MAX_CHARS] + " [...]"
+    lines = [f"Objet : {doc.objet}", f"Description : {description}"]
+    names = doc.file_names()
+    if names:
+        lines.append("Fichiers joints : " + ", ".join(names))
+    return "\n".join(lines)
+
+
+def _decide(
+    doc: Document, label: RequestType, confiance: float, classification: Classification
+) -> Document:
+    doc.type_final = label
+    doc.confiance = round(min(max(confiance, 0.0), 1.0), 3)
+    doc.reclassifie = label != doc.form_type
+    doc.classification = classification
+    return doc
+
+
+def run(doc: Document, ctx: Context) -> Document:
+    """Set type_final, confiance, reclassifie and classification (once).
+
+    An LLM failure of any kind is logged and the form's type kept: classification never
+    fails a request. A strict-mode ConfigError from `ctx.llm` does propagate (by design).
+    """
+    if doc.type_final is not None:
+        return doc
+    kw = score(doc)
+    if kw.label is not None and kw.confiance >= CONFIDENCE_THRESHOLD:
+        reasons = [f"keywords decided {kw.label} (confiance {kw.confiance:.2f})", *kw.reasons]
+        return _decide(doc, kw.label, kw.confiance,
+                       Classification(method="keywords", reasons=reasons, scores=kw.scores))
+
+    source = doc.form_type
+    unsure = f"keywords unsure ({kw.label or 'no evidence'}, confiance {kw.confiance:.3f})"
+    reasons = [unsure, *kw.reasons]
+    usage: dict[str, int] | None = None
+    llm = ctx.llm
+    if llm is None:
+        reasons.append("no LLM configured")
+    else:
+        try:
+            verdict = llm.classify_request(request_text(doc))
+        except Exception as exc:  # noqa: BLE001 - any LLM failure must fall back, not crash
+            log.warning("%s: classify: LLM failed, keeping the form's type: %s",
+                        doc.request_id, exc)
+            reasons.append(f"LLM failed: {exc}")
+        else:
+            usage = dict(verdict.usage) if verdict.usage else None
+            llm_reason = f"LLM ({llm.name}): {verdict.label} {verdict.confidence:.2f} - "
+            llm_reason += verdict.reason.strip()[:300]
+            if verdict.label not in LABELS:
+                reasons.append(f"LLM answered an unknown label {verdict.label!r}")
+            elif verdict.confidence >= CONFIDENCE_THRESHOLD:
+                label: RequestType = "SUPPORT" if verdict.label == "SUPPORT" else "MODELISATION"
+                return _decide(doc, label, verdict.confidence, Classification(
+                    method="llm", reasons=[llm_reason, *reasons], scores=kw.scores, usage=usage))
+            else:
+                reasons.append(f"LLM unsure: {llm_reason}")
+    reasons.insert(0, f"kept the form's type: {doc.source} -> {source}")
+    return _decide(doc, source, kw.share(source), Classification(
+        method="source", reasons=reasons, scores=kw.scores, usage=usage))
