@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -34,6 +35,15 @@ def request(source: str = "contact", objet: str = "Demande", description: str = 
         "user_email": "client@example.com", "user_name": "Client Test",
         "fichiers": fichiers or [],
     })
+
+
+def load_bench(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 class RaisingLLM:
@@ -206,7 +216,17 @@ def test_a_term_listed_twice_is_refused() -> None:
         Lexicon(data)
 
 
-# -- speed ----------------------------------------------------------------
+# -- the labelled set and speed ----------------------------------------------------------------
+
+
+def test_labelled_set_accuracy_and_llm_share_meet_the_aims() -> None:
+    bench = load_bench("eval_classify")
+
+    report = bench.evaluate()
+
+    assert report.total >= 90
+    assert report.accuracy >= 0.95, "\n".join(report.errors)
+    assert report.llm_share <= 0.15, "\n".join(report.unsure)
 
 
 def test_keyword_scoring_stays_fast() -> None:
