@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from handler_cli.commands import doctor, pipeline
+from handler_cli.commands import doctor, pipeline, requests, serve, setup
 
 app = typer.Typer(
     name="handler-cli",
@@ -22,7 +22,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 pipeline.register(app)
+app.command("serve", rich_help_panel="Webhook")(serve.serve)
+app.add_typer(requests.app, name="requests", rich_help_panel="Webhook")
 app.command("doctor", rich_help_panel="Operations")(doctor.doctor)
+app.add_typer(setup.app, name="setup", rich_help_panel="Operations")
 
 
 def main() -> None:
