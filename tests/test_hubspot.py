@@ -572,3 +572,12 @@ def test_setup_command_exit_codes(tmp_path: Path) -> None:
     assert re.search(r"already there: validation_status, .*handler_replies_handled",
                      second.stderr)
     assert refused.exit_code == 1 and "401" in refused.stderr
+
+
+def test_context_uses_hubspot_when_a_token_is_set(hs: FakeHubSpot, tmp_path: Path) -> None:
+    from handler_cli.context import Context
+
+    crm = Context(hubspot_settings(hs, tmp_path)).crm
+
+    assert isinstance(crm, HubSpotCRM) and crm.name == "hubspot"
+    assert hs.count() == 0  # built lazily, no call until used
