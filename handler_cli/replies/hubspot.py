@@ -1,0 +1,95 @@
+"""Replies the CRM holds: the client's e-mails associated with each waiting ticket.
+
+On HubSpot these are the INCOMING_EMAIL engagements (read in batches by the CRM backend, so
+calls grow with pages, not tickets). The same class reads the local CRM's log, where
+`handler-cli reply` records a reply by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from handler_cli.config import ConfigError
+from handler_cli.replies import Handled, Reply, ReplyFile, own_addresses, reply_from_record
+
+if TYPE_CHECKING:
+    from handler_cli.context import Context
+    from handler_cli.services import EmailRecord, WaitingTicket
+
+
+class CRMReplies:
+    """The INCOMING e-mails the CRM associated with the tickets, minus those already handled."""
+
+    name = "crm"
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def describe(self) -> str:
+        return f"client e-mails logged on the tickets ({self.ctx.crm.describe()})"
+
+    def files(self, record: EmailRecord) -> tuple[ReplyFile, ...]:
+        """What the CRM says was attached; subclasses know what its strings mean."""
+        return tuple(ReplyFile(name=a, url=a if "://" in a else None) for a in record.attachments)
+
+    def fetch(
+        self, waiting: Sequence[WaitingTicket], handled: Handled, since: datetime
+    ) -> dict[str, list[Reply]]:
+        ids = [t.ticket_id for t in waiting]
+        if not ids:
+            return {}
+        ours = own_addresses(self.ctx)
+        found = self.ctx.crm.incoming_emails(ids, handled.crm_ids(ids))
+        replies: dict[str, list[Reply]] = {}
+        for ticket_id, records in found.items():
+            for record in records:
+                reply = reply_from_record(record, ticket_id, self.name, self.files(record))
+                if reply.sender in ours or handled.is_handled(ticket_id, reply):
+                    continue
+                replies.setdefault(ticket_id, []).append(reply)
+        return replies
+
+    def acknowledge(self, reply: Reply) -> None:
+        """Nothing to file away: the handled ids are recorded on the ticket by the poll."""
+
+
+class HubSpotReplies(CRMReplies):
+    """HubSpot's INCOMING_EMAIL engagements of each waiting ticket."""
+
+    name = "hubspot"
+
+    def __init__(self, ctx: Context) -> None:
+        if not ctx.settings.hubspot_access_token:
+            raise ConfigError(
+                "HANDLER_REPLY_SOURCES: the hubspot reply source needs HUBSPOT_ACCESS_TOKEN"
+            )
+        super().__init__(ctx)
+
+    def files(self, record: EmailRecord) -> tuple[ReplyFile, ...]:
+        # HubSpot gives file ids only (hs_attachment_ids); the file itself stays in HubSpot.
+        return tuple(
+            ReplyFile(name=f"hubspot-fichier-{a}", url=None) if a.isdigit()
+            else ReplyFile(name=a.rsplit("/", 1)[-1], url=a if "://" in a else None)
+            for a in record.attachments
+        )
+
+
+class LocalCRMReplies(CRMReplies):
+    """The local CRM's INCOMING e-mails; attachments are paths recorded by `handler-cli reply`."""
+
+    name = "local"
+
+    def files(self, record: EmailRecord) -> tuple[ReplyFile, ...]:
+        s = self.ctx.settings
+        found = []
+        for item in record.attachments:
+            path = Path(item)
+            if ("://" not in item and s.handler_allow_local_files and path.is_file()
+                    and path.stat().st_size <= s.handler_max_file_bytes):
+                found.append(ReplyFile(name=path.name, data=path.read_bytes()))
+            else:
+                found.append(ReplyFile(name=path.name, url=item if "://" in item else None))
+        return tuple(found)
