@@ -130,9 +130,11 @@ def send_once(
         message_id=mid, to=to, subject=str(msg["Subject"]), template=template, sent_at=ctx.now()
     )
     if doc.ticket_id:
-        ctx.crm.log_email(doc.ticket_id, EmailRecord(
+        ticket_id = doc.ticket_id
+        record = EmailRecord(
             message_id=mid, direction="OUTGOING", sender=ctx.settings.mail_from, to=to,
             subject=sent.subject, text=text, at=sent.sent_at,
-        ))
+        )
+        ctx.ledger.once(f"email-log:{mid}", lambda: (ctx.crm.log_email(ticket_id, record), mid)[1])
     doc.emails[kind] = sent
     return sent

@@ -21,7 +21,7 @@ def stable(doc: dict) -> dict:
     """A document without what legitimately differs between two data dirs (ids, times)."""
     out = {k: v for k, v in doc.items() if k not in VOLATILE}
     out["emails"] = sorted((k, e["template"], e["to"]) for k, e in doc.get("emails", {}).items())
-    out["files"] = [u.rsplit("/", 1)[-1] for u in doc.get("fichiers_urls", [])]
+    out["files"] = [u.split("?", 1)[0].rsplit("/", 1)[-1] for u in doc.get("fichiers_urls", [])]
     return out
 
 
