@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from handler_cli.commands import doctor, pipeline, requests, serve, setup
+from handler_cli.commands import doctor, pipeline, poll, requests, serve, setup
 
 app = typer.Typer(
     name="handler-cli",
@@ -22,6 +22,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 pipeline.register(app)
+app.command("poll", rich_help_panel="Replies")(poll.poll)
+app.command("reply", rich_help_panel="Replies")(poll.reply)
+app.command("reply-intent", rich_help_panel="Replies")(poll.reply_intent)
 app.command("serve", rich_help_panel="Webhook")(serve.serve)
 app.add_typer(requests.app, name="requests", rich_help_panel="Webhook")
 app.command("doctor", rich_help_panel="Operations")(doctor.doctor)
