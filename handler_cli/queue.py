@@ -336,7 +336,7 @@ class SqliteRequestStore:
 
 # --- Redis --------------------------------------------------------------------------------
 # One hash per request, a sorted set per status (score: arrival) and one key per idempotency
-# key (with a TTL). Every change is one Lua script, so it is atomic. Redis Cluster is not
+# key ("id|expiry", with a TTL). Every change is one Lua script, so it is atomic. Redis Cluster is not
 # supported (the scripts touch keys they compute); one Redis, or Sentinel, is.
 
 _LUA_ACCEPT = """
@@ -345,16 +345,24 @@ local lookup = fpkey
 if key ~= '' then lookup = key end
 local prior = redis.call('GET', p .. 'idem:' .. lookup)
 if prior then
-  local st = redis.call('HGET', p .. 'req:' .. prior, 'status')
-  if st then return {prior, st, '0'} end
+  local cut = string.find(prior, '|', 1, true)
+  local rid, expires = string.sub(prior, 1, cut - 1), tonumber(string.sub(prior, cut + 1))
+  local st = redis.call('HGET', p .. 'req:' .. rid, 'status')
+  if st and expires > tonumber(now) then return {rid, st, '0'} end
 end
 redis.call('HSET', p .. 'req:' .. id, 'status', 'queued', 'document', ARGV[8], 'steps', '{}',
   'fingerprint', ARGV[9], 'idempotency_key', key, 'attempts', '0', 'created_at', now,
   'updated_at', now, 'due_at', now, 'lease_owner', '', 'lease_until', '0', 'last_error', '')
 redis.call('ZADD', p .. 'status:queued', now, id)
 redis.call('ZADD', p .. 'all', now, id)
-if key ~= '' then redis.call('SET', p .. 'idem:' .. key, id, 'PX', ARGV[6]) end
-redis.call('SET', p .. 'idem:' .. fpkey, id, 'PX', ARGV[7])
+-- The value carries its expiry (judged against the caller's clock); the TTL, a day longer,
+-- only cleans up.
+local function remember(k, window_ms)
+  local expires = tonumber(now) + tonumber(window_ms) / 1000
+  redis.call('SET', p .. 'idem:' .. k, id .. '|' .. expires, 'PX', tonumber(window_ms) + 86400000)
+end
+if key ~= '' then remember(key, ARGV[6]) end
+remember(fpkey, ARGV[7])
 return {id, 'queued', '1'}
 """
 _LUA_CLAIM = """
@@ -640,10 +648,13 @@ class _LeaseLost(Exception):
 
 @dataclass(frozen=True)
 class _Observed(Step):
-    """A step of the chain that remembers whether its ServiceError was transient.
+    """A step of the chain that remembers whether its failure may pass with time.
 
     The runner records only the message on the document; the retry policy needs to know if
     waiting can help (HubSpot down, 429, 5xx) or not (a rejected property, a bad address).
+    An unexpected exception (a full disk, a bug fixed by the next deploy) counts as
+    transient: retried, then dead-lettered, never dropped. A missing input says nothing by
+    itself: the step it waits for has its own cause.
     """
 
     inner: Step | None = field(default=None, compare=False)
@@ -651,6 +662,7 @@ class _Observed(Step):
 
     def load(self) -> Callable[[Document, Context], Document]:
         from handler_cli.services import ServiceError
+        from handler_cli.steps import MissingInput
 
         assert self.inner is not None
         fn = self.inner.load()
@@ -660,6 +672,11 @@ class _Observed(Step):
                 return fn(doc, ctx)
             except ServiceError as exc:
                 self.causes[self.name] = exc.transient
+                raise
+            except (MissingInput, ConfigError):
+                raise
+            except Exception:
+                self.causes[self.name] = True
                 raise
 
         return run
