@@ -412,6 +412,8 @@ class Poller:
         intent = read_intent(text, llm=self.ctx.llm)
         kind = intent.intent
         status = doc.validation_status
+        if reply.automatic:  # an out-of-office says nothing about the quote, whatever its words
+            return Plan("ignored", intent, text)
         if status in DECIDED_STATUSES:  # an earlier reply of this pass decided already
             action = "forwarded" if (kind != "none" or reply.files) else "ignored"
             return Plan(action, intent, text, forward=action == "forwarded")

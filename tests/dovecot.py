@@ -13,10 +13,12 @@ is root-only); otherwise it runs as the current user under `tmp_path`.
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -43,6 +45,7 @@ ssl_cert = <{base}/cert.pem
 ssl_key = <{base}/key.pem
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+auth_failure_delay = 0
 first_valid_uid = 1
 default_internal_user = {user}
 default_internal_group = {group}
@@ -176,18 +179,16 @@ def dovecot_server(tmp_path: Path, password: str = "s3cret-pass") -> Iterator[Do
         base.chmod(0o700)
     proc = subprocess.Popen(
         [binary, "-F", "-c", str(base / "dovecot.conf")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         user=account.pw_uid if as_root else None, group=account.pw_gid if as_root else None,
     )
     try:
         _wait_ready(LOOPBACK, port, proc, base)
         yield Dovecot(LOOPBACK, port, ssl_port, user, password, base)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        # The whole process group at once: a graceful stop waits a second for its children.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
         if as_root:
             shutil.rmtree(base, ignore_errors=True)

@@ -57,6 +57,7 @@ class Reply:
     message_id: str | None = None
     crm_id: str | None = None
     files: tuple[ReplyFile, ...] = ()
+    automatic: bool = False  # an out-of-office or other auto-reply (RFC 3834 headers)
 
     @property
     def handled_token(self) -> str:
@@ -114,6 +115,15 @@ class ParsedMail:
     at: datetime | None
     text: str
     files: tuple[ReplyFile, ...] = ()
+    automatic: bool = False
+
+
+def is_automatic(headers: EmailMessage) -> bool:
+    """RFC 3834 `Auto-Submitted`, and the older headers vacation responders still send."""
+    auto = str(headers.get("Auto-Submitted", "no")).strip().lower()
+    precedence = str(headers.get("Precedence", "")).strip().lower()
+    return (auto not in ("", "no") or precedence in ("auto_reply", "bulk", "junk")
+            or headers.get("X-Autoreply") is not None or headers.get("X-Autorespond") is not None)
 
 
 def html_to_text(html: str) -> str:
@@ -166,6 +176,7 @@ def parse_message(raw: bytes, *, with_files: bool = True) -> ParsedMail:
         at=_date(str(msg["Date"]) if msg["Date"] else None),
         text=text,
         files=tuple(files),
+        automatic=is_automatic(msg),
     )
 
 
@@ -216,6 +227,7 @@ def reply_from_mail(mail: ParsedMail, ticket_id: str, source: str, fallback_key:
         key=reply_key(mail.message_id) if mail.message_id else fallback_key,
         source=source, sender=mail.sender, subject=mail.subject, text=mail.text,
         at=mail.at or received, message_id=mail.message_id, files=mail.files,
+        automatic=mail.automatic,
     )
 
 

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("handler_cli")
 
 DEFAULT_PORTS = {"ssl": 993, "starttls": 143, "none": 143}
-HEADER_FIELDS = "MESSAGE-ID IN-REPLY-TO REFERENCES SUBJECT FROM DATE"
+HEADER_FIELDS = ("MESSAGE-ID IN-REPLY-TO REFERENCES SUBJECT FROM DATE AUTO-SUBMITTED "
+                 "PRECEDENCE X-AUTOREPLY X-AUTORESPOND")
 HEADER_BATCH = 500  # UIDs per header FETCH
 BODY_BATCH = 25  # full messages per FETCH (attachments can be large)
 _UID = re.compile(rb"\bUID (\d+)")
