@@ -9,25 +9,20 @@ doing it again. The happy path costs no extra API call.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from handler_cli.sqlite import connect
+
 
 class Ledger:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS effects (key TEXT PRIMARY KEY, state TEXT NOT NULL,"
-            " result TEXT, updated_at TEXT NOT NULL)"
-        )
+        self._db = connect(path, "CREATE TABLE IF NOT EXISTS effects (key TEXT PRIMARY KEY,"
+                                 " state TEXT NOT NULL, result TEXT, updated_at TEXT NOT NULL)")
 
     def get(self, key: str) -> tuple[str, str | None] | None:
         with self._lock:

@@ -7,26 +7,22 @@ files) without asking the CRM for it again.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from pathlib import Path
 
 from handler_cli.document import Document
+from handler_cli.sqlite import connect
 
 
 class DocumentStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS documents (request_id TEXT PRIMARY KEY, ticket_id TEXT,"
-            " body TEXT NOT NULL, updated_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
-        )
-        self._db.execute("CREATE INDEX IF NOT EXISTS documents_ticket ON documents (ticket_id)")
+        self._db = connect(path, """
+            CREATE TABLE IF NOT EXISTS documents (request_id TEXT PRIMARY KEY, ticket_id TEXT,
+              body TEXT NOT NULL, updated_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP);
+            CREATE INDEX IF NOT EXISTS documents_ticket ON documents (ticket_id);
+        """)
 
     def save(self, doc: Document) -> None:
         with self._lock:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from handler_cli.services import EmailRecord, ServiceError, TicketDraft, WaitingTicket
+from handler_cli.sqlite import connect
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS contacts (
@@ -42,14 +43,10 @@ class LocalCRM:
     name = "local"
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+        self._db = connect(path, SCHEMA)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
 
     def describe(self) -> str:
         return f"local SQLite CRM at {self.path}"

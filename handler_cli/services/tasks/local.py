@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+
+from handler_cli.sqlite import connect
 
 
 class LocalTaskBoard:
     name = "local"
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS subtasks (id INTEGER PRIMARY KEY, parent_id TEXT NOT NULL,"
-            " name TEXT NOT NULL, description TEXT NOT NULL, created_at TEXT NOT NULL)"
-        )
+        self._db = connect(path, "CREATE TABLE IF NOT EXISTS subtasks (id INTEGER PRIMARY KEY,"
+                                 " parent_id TEXT NOT NULL, name TEXT NOT NULL,"
+                                 " description TEXT NOT NULL, created_at TEXT NOT NULL)")
 
     def describe(self) -> str:
         return f"local SQLite task board at {self.path}"
