@@ -1,0 +1,131 @@
+"""The scaled-out mode: the store and the queue in a real Redis, shared by several nodes.
+
+Two webhook nodes (each with its workers) and separate `huey_consumer` worker processes,
+as the production guide describes, against a `redis-server` started on a loopback port.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+from typer.testing import CliRunner
+
+from handler_cli.commands.requests import app as requests_app
+from tests.conftest import clean_environ
+from tests.test_queue import redis_session, redis_url  # noqa: F401 - fixtures
+from tests.test_server import (
+    AUTH,
+    TOKEN,
+    outbox,
+    payload,
+    running,
+    ticket_count,
+    wait_for,
+    webhook_settings,
+)
+
+
+@contextmanager
+def consumer(data_dir: Path, redis: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`huey_consumer handler_cli.queue.huey -w 2`: a worker-only process."""
+    env = clean_environ(data_dir, HANDLER_QUEUE_URL=redis, WEBHOOK_TOKEN=TOKEN,
+                        HANDLER_QUEUE_RETRY_SECONDS="0.2")
+    with log.open("ab") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "huey.bin.huey_consumer", "handler_cli.queue.huey",
+             "-w", "2", "-k", "thread", "-d", "0.05", "-m", "0.2"],
+            env=env, stdout=sink, stderr=sink,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # huey's graceful signal
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def modelling(i: int) -> dict[str, object]:
+    glb = base64.b64encode(b"glTF\x02\x00\x00\x00" + bytes(512)).decode()
+    return payload(source="modelisation", objet=f"Modélisation 3D d'une lampe n°{i}",
+                   description=f"Créer le modèle 3D d'une lampe en laiton, hauteur 40 cm ({i}).",
+                   user_email=f"client{i}@example.fr",
+                   fichiers=[{"name": f"lampe{i}.glb", "content_base64": glb}])
+
+
+def test_two_nodes_share_the_store_the_queue_and_the_idempotency_keys(
+    tmp_path: Path, redis_url: str  # noqa: F811 - fixture
+) -> None:
+    data_dir = tmp_path / "data"  # one machine's disk: the local CRM both nodes write to
+    settings = webhook_settings(data_dir, HANDLER_QUEUE_URL=redis_url)
+    with running(settings) as url_a, running(settings) as url_b, \
+            httpx.Client(timeout=30) as http:
+        firsts, repeats = [], []
+        for i in range(20):
+            here, there = (url_a, url_b) if i % 2 else (url_b, url_a)
+            body = modelling(i) if i % 3 == 0 else payload(user_email=f"client{i}@example.fr")
+            key = {"Idempotency-Key": f"form-{i}"}
+            firsts.append(http.post(f"{here}/webhook/request", json=body,
+                                    headers={**AUTH, **key}))
+            repeats.append(http.post(f"{there}/webhook/request", json=body,
+                                     headers={**AUTH, **key}))
+        assert [a.status_code for a in firsts] == [202] * 20
+        assert [a.status_code for a in repeats] == [200] * 20
+        ids = [a.json()["request_id"] for a in firsts]
+        assert [a.json()["request_id"] for a in repeats] == ids
+        for rid in ids:  # either node answers for any request
+            view = wait_for(http, f"{url_b}/requests/{rid}")
+            assert view["status"] == "done", view
+    assert ticket_count(data_dir) == 20
+    assert len(outbox(data_dir)) == 40
+
+    result = CliRunner().invoke(requests_app, ["list", "--status", "done", "--limit", "100"],
+                                env=clean_environ(data_dir, HANDLER_QUEUE_URL=redis_url))
+    assert result.exit_code == 0
+    assert sorted(json.loads(line)["request_id"] for line in result.stdout.splitlines()) == (
+        sorted(ids))
+
+
+def test_intake_node_with_separate_consumers_survives_a_consumer_killed_mid_chain(
+    tmp_path: Path, redis_url: str  # noqa: F811 - fixture
+) -> None:
+    data_dir = tmp_path / "data"
+    settings = webhook_settings(data_dir, HANDLER_QUEUE_URL=redis_url, HANDLER_WORKERS="0")
+    log = tmp_path / "consumer.log"
+    with running(settings) as url, httpx.Client(base_url=url, timeout=30) as http:
+        ids = [http.post("/webhook/request", json=modelling(i), headers=AUTH).json()["request_id"]
+               for i in range(30)]
+        time.sleep(0.3)
+        statuses = {http.get(f"/requests/{rid}", headers=AUTH).json()["status"] for rid in ids}
+        assert statuses == {"queued"}  # intake only: nobody works on this node
+
+        with consumer(data_dir, redis_url, log) as worker:
+            deadline = time.monotonic() + 30
+            while True:  # kill it while a chain is half done
+                views = [http.get(f"/requests/{rid}", headers=AUTH).json() for rid in ids]
+                if any(v["status"] == "running" and "ok" in v["steps"].values()
+                       and "pending" in v["steps"].values() for v in views):
+                    break
+                assert time.monotonic() < deadline, log.read_text()
+            worker.kill()
+            worker.wait(10)
+
+        with ExitStack() as stack:  # two fresh consumers pick everything up
+            stack.enter_context(consumer(data_dir, redis_url, log))
+            stack.enter_context(consumer(data_dir, redis_url, tmp_path / "consumer2.log"))
+            views = [wait_for(http, f"{url}/requests/{rid}", timeout=60) for rid in ids]
+    assert {v["status"] for v in views} == {"done"}, log.read_text()[-3000:]
+    assert ticket_count(data_dir) == 30
+    assert len(outbox(data_dir)) == 60
