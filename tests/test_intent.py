@@ -1,0 +1,215 @@
+"""Reading a client's reply: quotes and signatures cut, negations, questions, the LLM path."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from handler_cli.config import load_settings
+from handler_cli.intent import ReplyLexicon, load_reply_lexicon, read_intent, strip_quoted
+from handler_cli.services.llm.claude import ClaudeLLM
+from tests.conftest import ROOT, clean_environ
+from tests.fakes.messages_api import FakeMessagesAPI, messages_api
+
+QUOTE_FR = (
+    "Le mar. 4 mars 2025 à 14:32, Valione Services <no-reply@valione-services.com> a écrit :\n"
+    "> Votre devis est de 2 crédits. Pouvez-vous le valider ?\n"
+    "> Une question ? Répondez à ce message.\n"
+)
+
+
+# -- strip_quoted ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("raw", "kept"), [
+    ("Je valide.\n\n" + QUOTE_FR, "Je valide."),
+    ("Je valide.\n\nLe jeu. 6 mars 2025 à 09:05, Valione Services <\n"
+     "no-reply@valione-services.com> a écrit :\n\n> Des questions ?\n", "Je valide."),
+    ("Go ahead.\n\nOn Tue, Mar 4, 2025 at 2:32 PM Valione <no-reply@x.com> wrote:\n> OK?\n",
+     "Go ahead."),
+    ("D'accord.\n\n________________________________\nDe : Valione <a@b.fr>\n"
+     "Envoyé : mardi 4 mars 2025 14:32\nÀ : moi\nObjet : Devis\n\nPourquoi pas ?", "D'accord."),
+    ("Ok.\n\n-----Message d'origine-----\nDe : Valione\nNon merci ?", "Ok."),
+    ("Parfait.\n-- \nJean Dupont\nUne question ? Appelez-nous", "Parfait."),
+    ("Oui.\n\nEnvoyé de mon iPhone\n\n> Pourquoi ?", "Oui."),
+    ("Ligne un\n> citée ?\nLigne deux", "Ligne un\nLigne deux"),
+])
+def test_strip_quoted_keeps_only_the_clients_own_words(raw: str, kept: str) -> None:
+    assert strip_quoted(raw) == kept
+
+
+def test_strip_quoted_keeps_an_answer_written_below_the_quote() -> None:
+    raw = QUOTE_FR + "\nOui je valide, merci.\n-- \nClaire"
+
+    assert strip_quoted(raw) == "Oui je valide, merci."
+
+
+def test_strip_quoted_accepts_windows_line_ends() -> None:
+    assert strip_quoted("Je valide.\r\n\r\n> Pourquoi ?\r\n") == "Je valide."
+
+
+# -- keywords ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "intent"), [
+    ("Je valide", "validation"), ("OK", "validation"), ("D'accord", "validation"),
+    ("Parfait", "validation"), ("On y va", "validation"),
+    ("Je refuse", "refus"), ("Trop cher", "refus"), ("Non merci", "refus"),
+    ("J'annule", "refus"),
+    ("Pourquoi 2 crédits ?", "question"), ("Comment se passe la livraison", "question"),
+    ("Et le délai ?", "question"),
+])
+def test_the_original_phrases_are_read(text: str, intent: str) -> None:
+    result = read_intent(text)
+
+    assert result.intent == intent
+    assert result.method == "keywords"
+
+
+@pytest.mark.parametrize("text", [
+    "Je ne valide pas.", "Pas d'accord.", "Ce n'est pas OK pour moi.",
+    "Je ne peux pas valider ce montant.", "I don't accept this quote.",
+])
+def test_a_negation_turns_an_approval_into_a_refusal(text: str) -> None:
+    result = read_intent(text)
+
+    assert result.intent == "refus"
+    assert any("negated" in r for r in result.reasons)
+
+
+@pytest.mark.parametrize("text", ["Pas de souci, on y va.", "OK pas de problème",
+                                  "Je n'ai pas de question, je valide."])
+def test_phrases_that_hold_a_negation_are_not_flipped(text: str) -> None:
+    assert read_intent(text).intent == "validation"
+
+
+def test_a_question_outranks_an_approval() -> None:
+    result = read_intent("OK mais quel délai ?")
+
+    assert result.intent == "question"
+    assert "a question outranks approval or refusal" in result.reasons
+
+
+def test_a_polite_order_with_a_question_mark_is_an_approval() -> None:
+    assert read_intent("Pouvez-vous lancer la modélisation ?").intent == "validation"
+
+
+def test_questions_in_the_quoted_quote_do_not_count() -> None:
+    result = read_intent("Parfait, je valide.\n\n" + QUOTE_FR)
+
+    assert result.intent == "validation"
+
+
+def test_a_question_mark_inside_a_link_is_not_a_question() -> None:
+    assert read_intent("Je valide : https://example.com/devis?id=12").intent == "validation"
+
+
+@pytest.mark.parametrize("text", [
+    "Bonjour, je suis absent du bureau jusqu'au 15 mars. Une question ? Voyez ma collègue.",
+    "Réponse automatique : en congés, de retour le 10 avril.",
+    "Automatic reply: I'm out of the office until Monday.",
+])
+def test_out_of_office_is_nothing_even_with_question_marks(text: str) -> None:
+    result = read_intent(text)
+
+    assert (result.intent, result.method) == ("none", "keywords")
+
+
+@pytest.mark.parametrize("text", ["Merci !", "Bien reçu, merci. Bonne journée", "", QUOTE_FR])
+def test_thanks_or_an_empty_reply_is_nothing(text: str) -> None:
+    assert read_intent(text).intent == "none"
+
+
+def test_without_llm_an_unsure_reply_keeps_the_keyword_guess_as_fallback() -> None:
+    result = read_intent("Super")
+
+    assert (result.intent, result.method) == ("validation", "fallback")
+    assert result.confiance < 0.70
+    assert "no LLM configured" in result.reasons
+
+
+def test_the_reply_lexicon_ships_as_package_data() -> None:
+    assert load_reply_lexicon() is load_reply_lexicon()
+
+
+def test_a_reply_term_listed_twice_is_refused() -> None:
+    data = {"groups": [{"name": "g", "intent": "validation", "weight": 1,
+                        "terms": ["ok", "ok"]}]}
+
+    with pytest.raises(ValueError, match="twice"):
+        ReplyLexicon(data)
+
+
+def test_labelled_replies_meet_the_accuracy_aim() -> None:
+    spec = importlib.util.spec_from_file_location("eval_replies",
+                                                  ROOT / "bench" / "eval_replies.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["eval_replies"] = bench
+    spec.loader.exec_module(bench)
+
+    report = bench.evaluate()
+
+    assert report.total >= 70
+    assert report.accuracy >= 0.95, "\n".join(report.errors)
+
+
+# -- the LLM, through a loopback Messages API --------------------------------------------------
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeMessagesAPI]:
+    with messages_api() as server:
+        yield server
+
+
+def claude(fake: FakeMessagesAPI, tmp_path: Path) -> ClaudeLLM:
+    env = clean_environ(tmp_path, ANTHROPIC_API_KEY=fake.api_key, ANTHROPIC_BASE_URL=fake.url,
+                        HANDLER_LLM_TIMEOUT="0.3")
+    return ClaudeLLM(load_settings(environ=env))
+
+
+def test_the_llm_reads_a_reply_keywords_cannot(fake: FakeMessagesAPI, tmp_path: Path) -> None:
+    fake.answer("validation", 0.86, "le client donne son feu vert implicite")
+
+    result = read_intent("Hmm, je vois.\n\n" + QUOTE_FR, claude(fake, tmp_path))
+
+    assert (result.intent, result.method, result.confiance) == ("validation", "llm", 0.86)
+    assert result.usage is not None and result.usage["output_tokens"] > 0
+    sent = fake.calls[-1].body["messages"][0]["content"]
+    assert sent == "Hmm, je vois."  # the quote is not sent
+    assert fake.calls[-1].body["tool_choice"]["name"] == "lire_reponse"
+
+
+def test_a_confident_keyword_reading_does_not_call_the_llm(
+    fake: FakeMessagesAPI, tmp_path: Path
+) -> None:
+    assert read_intent("Je valide.", claude(fake, tmp_path)).method == "keywords"
+    assert fake.calls == []
+
+
+def test_an_unsure_llm_leaves_the_keyword_guess(fake: FakeMessagesAPI, tmp_path: Path) -> None:
+    fake.answer("refus", 0.5, "difficile à dire")
+
+    result = read_intent("Super", claude(fake, tmp_path))
+
+    assert (result.intent, result.method) == ("validation", "fallback")
+    assert any("LLM unsure" in r for r in result.reasons)
+
+
+def test_a_failing_llm_never_crashes_the_reading(
+    fake: FakeMessagesAPI, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.fail(529, times=3)
+
+    with caplog.at_level(logging.WARNING, logger="handler_cli"):
+        result = read_intent("Hmm, je vois.", claude(fake, tmp_path))
+
+    assert (result.intent, result.method) == ("none", "fallback")
+    assert any("HTTP 529" in r for r in result.reasons)
+    assert "LLM failed" in caplog.text
