@@ -12,11 +12,12 @@ One pass, run by cron (`handler-cli poll`):
    `HANDLER_STALE_DAYS`;
 5. validated requests whose ClickUp subtask failed earlier: step 6 again.
 
-Exactly once: each reply's action goes through the ledger (`reply:{ticket}:{reply}`) and ends
-with one CRM update that moves the status and records the reply in the ticket's
-`handler_replies_handled`; every e-mail goes through `send_once`, the subtask through its own
-ledger key. A crash anywhere leaves the reply unrecorded on the ticket, so the next poll does
-the action again and each of its effects is found done. A file lock keeps two overlapping
+Exactly once: before acting on a reply the poll writes it in its journal (`poll.sqlite3` in
+the data dir) as begun, with what it decided; it ends with one CRM update that moves the status
+and records the reply in the ticket's `handler_replies_handled`, then marks the journal entry
+done. Every e-mail goes through `send_once`, the subtask through its ledger key, so a pass
+that dies half-way is finished by the next one (journal entries still "acting" are resumed
+first) and each effect is found done instead of repeated. A file lock keeps two overlapping
 runs from acting at once.
 """
 
@@ -43,7 +44,6 @@ from handler_cli.text import fold
 if TYPE_CHECKING:
     from handler_cli.context import Context
     from handler_cli.document import Document
-    from handler_cli.intent import IntentResult
     from handler_cli.replies import Reply, ReplySource
     from handler_cli.services import WaitingTicket
     from handler_cli.steps.analyze import Assessment
@@ -61,12 +61,34 @@ DEFAULT_LOOKBACK = timedelta(days=90)
 # -- what was handled ----------------------------------------------------------------------
 
 
-class Journal:
-    """The poll's memory in the data dir: every reply acted on, when, and what was done.
+@dataclass(frozen=True)
+class Reading:
+    """What a reply was read as (kept in the journal, so a resumed action needs no re-read)."""
 
-    The ticket property `handler_replies_handled` records the same ids in the CRM (so a new
-    machine, or HubSpot's own reading, skips them); the journal adds the dates the reminders
-    need and survives a CRM that refuses the property.
+    intent: str
+    confiance: float
+    method: str
+
+
+@dataclass(frozen=True)
+class Begun:
+    """A journal entry still "acting": a pass started this action and did not finish it."""
+
+    reply: Reply
+    request_id: str
+    action: str
+    reading: Reading
+    text: str
+    forward: bool
+
+
+class Journal:
+    """The poll's memory in the data dir: every reply acted on, what was decided, and when.
+
+    An entry is written "acting" before the first effect and "done" after the last, so the
+    next pass knows what to finish. The ticket property `handler_replies_handled` records the
+    same replies in the CRM (HubSpot then skips reading them); the journal adds the dates the
+    reminders need.
     """
 
     def __init__(self, path: Path) -> None:
@@ -78,47 +100,83 @@ class Journal:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS replies (ticket_id TEXT NOT NULL, reply_key TEXT NOT NULL,"
-            " crm_id TEXT, source TEXT NOT NULL, request_id TEXT, intent TEXT,"
-            " action TEXT NOT NULL, reply_at TEXT, handled_at TEXT NOT NULL,"
+            " crm_id TEXT, source TEXT NOT NULL, request_id TEXT NOT NULL, state TEXT NOT NULL,"
+            " intent TEXT NOT NULL, confiance REAL NOT NULL, method TEXT NOT NULL,"
+            " action TEXT NOT NULL, forward INTEGER NOT NULL, text TEXT NOT NULL,"
+            " reply TEXT NOT NULL, started_at TEXT NOT NULL, handled_at TEXT,"
             " PRIMARY KEY (ticket_id, reply_key))"
         )
 
-    def record(self, reply: Reply, request_id: str, intent: str, action: str,
-               at: datetime) -> None:
+    def begin(self, reply: Reply, request_id: str, plan: Plan, at: datetime) -> None:
+        """Note the decision before acting; a resumed action keeps the first decision."""
         with self._lock:
             self._db.execute(
-                "INSERT INTO replies (ticket_id, reply_key, crm_id, source, request_id, intent,"
-                " action, reply_at, handled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT(ticket_id, reply_key) DO UPDATE SET intent = excluded.intent,"
-                " action = excluded.action, handled_at = excluded.handled_at",
-                (reply.ticket_id, reply.key, reply.crm_id, reply.source, request_id, intent,
-                 action, reply.at.isoformat(), at.isoformat()),
+                "INSERT INTO replies (ticket_id, reply_key, crm_id, source, request_id, state,"
+                " intent, confiance, method, action, forward, text, reply, started_at)"
+                " VALUES (?, ?, ?, ?, ?, 'acting', ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(ticket_id, reply_key) DO NOTHING",
+                (reply.ticket_id, reply.key, reply.crm_id, reply.source, request_id,
+                 plan.reading.intent, plan.reading.confiance, plan.reading.method, plan.action,
+                 int(plan.forward), plan.text, reply_to_json(reply), at.isoformat()),
             )
 
+    def finish(self, reply: Reply, at: datetime) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE replies SET state = 'done', handled_at = ? WHERE ticket_id = ?"
+                " AND reply_key = ?", (at.isoformat(), reply.ticket_id, reply.key),
+            )
+
+    def unfinished(self) -> list[Begun]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT reply, request_id, action, intent, confiance, method, text, forward"
+                " FROM replies WHERE state = 'acting' ORDER BY started_at"
+            ).fetchall()
+        return [Begun(reply_from_json(r[0]), r[1], r[2], Reading(r[3], r[4], r[5]), r[6],
+                      bool(r[7])) for r in rows]
+
     def rows(self, ticket_ids: Sequence[str]) -> list[tuple[str, str, str | None, str]]:
-        """(ticket_id, reply_key, crm_id, handled_at) of these tickets."""
+        """(ticket_id, reply_key, crm_id, started_at) of these tickets, begun or done."""
         found: list[tuple[str, str, str | None, str]] = []
         with self._lock:
             for start in range(0, len(ticket_ids), 500):
                 chunk = list(ticket_ids[start:start + 500])
                 marks = ",".join("?" * len(chunk))
                 found += self._db.execute(
-                    "SELECT ticket_id, reply_key, crm_id, handled_at FROM replies"
+                    "SELECT ticket_id, reply_key, crm_id, started_at FROM replies"
                     f" WHERE ticket_id IN ({marks})", chunk,
                 ).fetchall()
         return found
 
-    def actions(self, ticket_id: str) -> list[tuple[str, str, str]]:
-        """(reply_key, intent, action) of a ticket, oldest first (for tests and operators)."""
+    def actions(self, ticket_id: str) -> list[tuple[str, str, str, str]]:
+        """(reply_key, intent, action, state) of a ticket, oldest first (tests, operators)."""
         with self._lock:
             return self._db.execute(
-                "SELECT reply_key, intent, action FROM replies WHERE ticket_id = ?"
-                " ORDER BY handled_at", (ticket_id,),
+                "SELECT reply_key, intent, action, state FROM replies WHERE ticket_id = ?"
+                " ORDER BY started_at", (ticket_id,),
             ).fetchall()
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def reply_to_json(reply: Reply) -> str:
+    """The reply without its file bytes (they are stored before anything else is done)."""
+    data = {k: v for k, v in vars(reply).items() if k != "files"}
+    data["at"] = reply.at.isoformat()
+    data["files"] = [{"name": f.name, "url": f.url} for f in reply.files]
+    return json.dumps(data, ensure_ascii=False)
+
+
+def reply_from_json(raw: str) -> Reply:
+    from handler_cli.replies import Reply, ReplyFile
+
+    data = json.loads(raw)
+    data["at"] = datetime.fromisoformat(data["at"])
+    data["files"] = tuple(ReplyFile(name=f["name"], url=f["url"]) for f in data["files"])
+    return Reply(**data)
 
 
 def parse_tokens(value: str | None) -> list[str]:
@@ -256,7 +314,7 @@ class Plan:
     """What a reply calls for, decided before anything is done (dry-run stops here)."""
 
     action: str  # validated | rejected | question | info | forwarded | ignored
-    intent: IntentResult
+    reading: Reading
     text: str  # the reply without quoted history and signature
     assessment: Assessment | None = None
     forward: bool = False  # the admin gets the client's words
@@ -264,8 +322,8 @@ class Plan:
     def describe(self, reply: Reply) -> dict[str, Any]:
         data: dict[str, Any] = {
             "reply": reply.key, "source": reply.source, "at": reply.at.isoformat(),
-            "intent": self.intent.intent, "confiance": round(float(self.intent.confiance), 3),
-            "method": self.intent.method, "action": self.action,
+            "intent": self.reading.intent, "confiance": round(self.reading.confiance, 3),
+            "method": self.reading.method, "action": self.action,
         }
         if self.assessment is not None:
             data["assessment"] = {
@@ -289,6 +347,14 @@ def awaited_email(doc: Document) -> tuple[str, SentEmail] | None:
     return max(asking, key=lambda item: item[1].sent_at) if asking else None
 
 
+def read_reply(text: str, llm: object) -> Reading:
+    """The intent of a reply already stripped of its quoted history."""
+    from handler_cli.intent import read_intent
+
+    result = read_intent(text, llm=llm)
+    return Reading(str(result.intent), float(result.confiance), str(result.method))
+
+
 class Poller:
     """One pass of the poll. Build it, call `run()`; `dry_run` decides without doing."""
 
@@ -306,7 +372,7 @@ class Poller:
         from handler_cli.replies import build_sources
 
         sources = list(self._sources) if self._sources is not None else build_sources(self.ctx)
-        done: set[str] = set()
+        done = self._resume()
         try:
             waiting = self.ctx.crm.waiting_tickets(WAITING_STATUSES)
         except ServiceError as exc:
@@ -335,7 +401,7 @@ class Poller:
             if found:
                 self._answer(ticket, docs[ticket.ticket_id], found, handled, owner)
                 done.add(ticket.ticket_id)
-            else:
+            elif ticket.ticket_id not in done:
                 self._follow_up(ticket, docs[ticket.ticket_id], handled)
         self._retry_subtasks(done)
         return self.report
@@ -372,13 +438,15 @@ class Poller:
 
     # -- replies ---------------------------------------------------------------------------
 
+    def _outcome(self, ticket_id: str, request_id: str, status: str) -> TicketOutcome:
+        outcome = TicketOutcome(ticket_id=ticket_id, request_id=request_id,
+                                status_before=status, status=status, dry_run=self.dry_run)
+        self.report.outcomes.append(outcome)
+        return outcome
+
     def _answer(self, ticket: WaitingTicket, doc: Document, replies: list[Reply],
                 handled: HandledIndex, owner: dict[str, ReplySource]) -> None:
-        outcome = TicketOutcome(
-            ticket_id=ticket.ticket_id, request_id=doc.request_id,
-            status_before=ticket.validation_status, status=ticket.validation_status,
-            dry_run=self.dry_run,
-        )
+        outcome = self._outcome(ticket.ticket_id, doc.request_id, ticket.validation_status)
         # The CRM is the truth: an admin may have moved the ticket since the document was kept.
         doc.validation_status = ticket.validation_status  # type: ignore[assignment]
         if ticket.properties.get("credits_estimes", "").isdigit():
@@ -390,63 +458,96 @@ class Poller:
                     self._simulate(doc, plan)
                     outcome.actions.append(plan.describe(reply))
                     continue
-                result = self.ctx.ledger.once(
-                    f"reply:{ticket.ticket_id}:{reply.key}",
-                    lambda reply=reply, plan=plan: self._act(ticket, doc, reply, plan, handled),
-                )
-                outcome.actions.append(json.loads(result))
+                self.journal.begin(reply, doc.request_id, plan, self.ctx.now())
+                outcome.actions.append(self._act(doc, reply, plan, handled))
                 owner[reply.key].acknowledge(reply)
             except ServiceError as exc:
                 outcome.error = str(exc)
-                self._fail(f"ticket {ticket.ticket_id}: {exc}")
+                self._fail(f"ticket {ticket.ticket_id}: {exc}; the next poll finishes it")
                 break  # later replies wait: they may depend on this one
         outcome.status = doc.validation_status or outcome.status
         outcome.clickup_subtask_id = doc.clickup_subtask_id
-        self.report.outcomes.append(outcome)
+
+    def _resume(self) -> set[str]:
+        """Finish the actions an earlier pass began and did not end (crash, backend down)."""
+        resumed: set[str] = set()
+        for begun in self.journal.unfinished():
+            reply = begun.reply
+            doc = self.ctx.documents.by_ticket(reply.ticket_id)
+            if doc is None:
+                self._fail(f"ticket {reply.ticket_id}: cannot finish the action on reply "
+                           f"{reply.key}: no request document")
+                continue
+            outcome = self._outcome(reply.ticket_id, doc.request_id,
+                                    doc.validation_status or "")
+            resumed.add(reply.ticket_id)
+            plan = Plan(begun.action, begun.reading, begun.text, forward=begun.forward)
+            if plan.action == "info":
+                plan.assessment = self._assess(doc, plan.text, reply)
+            if self.dry_run:
+                outcome.actions.append({**plan.describe(reply), "resumed": True})
+                continue
+            try:
+                outcome.actions.append({**self._act(doc, reply, plan, None), "resumed": True})
+            except ServiceError as exc:
+                outcome.error = str(exc)
+                self._fail(f"ticket {reply.ticket_id}: still cannot finish: {exc}")
+            outcome.status = doc.validation_status or outcome.status
+            outcome.clickup_subtask_id = doc.clickup_subtask_id
+        return resumed
 
     def _plan(self, doc: Document, reply: Reply) -> Plan:
         """Read the reply and decide what it calls for, given where the ticket stands."""
-        from handler_cli.intent import read_intent, strip_quoted
+        from handler_cli.intent import strip_quoted
 
         text = strip_quoted(reply.text).strip()
-        intent = read_intent(text, llm=self.ctx.llm)
-        kind = intent.intent
+        reading = read_reply(text, self.ctx.llm)
+        kind = reading.intent
         status = doc.validation_status
         if reply.automatic:  # an out-of-office says nothing about the quote, whatever its words
-            return Plan("ignored", intent, text)
+            return Plan("ignored", reading, text)
         if status in DECIDED_STATUSES:  # an earlier reply of this pass decided already
             action = "forwarded" if (kind != "none" or reply.files) else "ignored"
-            return Plan(action, intent, text, forward=action == "forwarded")
+            return Plan(action, reading, text, forward=action == "forwarded")
         if kind == "refus":
-            return Plan("rejected", intent, text, forward=True)
+            return Plan("rejected", reading, text)
         if status == "pending_info":
             assessment = self._reassess(doc, text, reply)
             if assessment is not None:
-                return Plan("info", intent, text, assessment=assessment,
+                return Plan("info", reading, text, assessment=assessment,
                             forward=kind == "question")
             if kind == "question":
-                return Plan("question", intent, text, forward=True)
-            return Plan("forwarded" if reply.files else "ignored", intent, text,
+                return Plan("question", reading, text, forward=True)
+            return Plan("forwarded" if reply.files else "ignored", reading, text,
                         forward=bool(reply.files))
         if kind == "validation":
-            return Plan("validated", intent, text, forward=True)
+            return Plan("validated", reading, text)
         if kind == "question":
-            return Plan("question", intent, text, forward=True)
+            return Plan("question", reading, text, forward=True)
         if reply.files:
-            return Plan("forwarded", intent, text, forward=True)
-        return Plan("ignored", intent, text)
+            return Plan("forwarded", reading, text, forward=True)
+        return Plan("ignored", reading, text)
 
-    def _reassess(self, doc: Document, text: str, reply: Reply) -> Assessment | None:
-        """The grid again on the request plus this reply; None when the reply adds nothing."""
+    def _assess(self, doc: Document, text: str, reply: Reply) -> Assessment:
         from handler_cli.steps.analyze import assess
 
         names = self._file_names(doc) + [f.name for f in reply.files]
-        result = assess(doc.objet, complemented(doc.description, text, reply.at), names)
-        before = set(doc.missing_info or [])
-        if (reply.files or result.validation_status != "pending_info"
-                or set(result.missing_info) < before):
+        return assess(doc.objet, complemented(doc.description, text, reply.at), names)
+
+    def _reassess(self, doc: Document, text: str, reply: Reply) -> Assessment | None:
+        """The grid again on the request plus this reply; None when the reply adds nothing."""
+        from handler_cli.steps.analyze import load_grid
+
+        result = self._assess(doc, text, reply)
+        if reply.files or result.validation_status != "pending_info":
             return result
-        return None
+        # Any reply has words, so "the object is named" alone proves little ("je regarde ça
+        # demain"): it counts only when the object's name was all that was missing.
+        name_item = load_grid().completeness.missing_info.object
+        before, after = set(doc.missing_info or []), set(result.missing_info)
+        if before == {name_item}:
+            return result if not after else None
+        return result if after - {name_item} < before - {name_item} else None
 
     @staticmethod
     def _file_names(doc: Document) -> list[str]:
@@ -465,9 +566,10 @@ class Poller:
         elif plan.action == "info" and plan.assessment is not None:
             doc.validation_status = plan.assessment.validation_status
 
-    def _act(self, ticket: WaitingTicket, doc: Document, reply: Reply, plan: Plan,
-             handled: HandledIndex) -> str:
-        """Carry out `plan`; every effect is idempotent, the CRM update comes last."""
+    def _act(self, doc: Document, reply: Reply, plan: Plan,
+             handled: HandledIndex | None) -> dict[str, Any]:
+        """Carry out `plan`. Every effect is idempotent; the CRM update comes last."""
+        assert doc.ticket_id
         sent_before = set(doc.emails)
         props: dict[str, str] = {}
         stored = self._store_files(doc, reply)
@@ -484,7 +586,7 @@ class Poller:
                        "ticket_url": self._ticket_url(doc)})
         elif plan.action == "info" and plan.assessment is not None:
             props.update(self._complete(doc, reply, plan))
-        if plan.forward and plan.action in ("question", "forwarded", "info") and plan.text:
+        if plan.forward and plan.text:
             send_once(self.ctx, doc, question_kind(plan.text), "admin_question",
                       self.ctx.settings.admin_email,
                       {"question": plan.text, "reply": reply, "files": stored,
@@ -492,16 +594,20 @@ class Poller:
                        "after_decision": plan.action == "forwarded"
                        and doc.validation_status in DECIDED_STATUSES})
         now = self.ctx.now()
+        if handled is None:  # resuming: the ticket may not be waiting any more
+            handled = HandledIndex(self.journal, [])
+            current = self.ctx.crm.get_ticket(doc.ticket_id).get(HANDLED_PROPERTY, "")
+            handled.tokens[doc.ticket_id] = parse_tokens(current)
         props[HANDLED_PROPERTY] = handled.add(reply, now)
-        self.ctx.crm.update_ticket(ticket.ticket_id, props)
-        self.journal.record(reply, doc.request_id, plan.intent.intent, plan.action, now)
+        self.ctx.crm.update_ticket(doc.ticket_id, props)
         self.ctx.documents.save(doc)
+        self.journal.finish(reply, now)
         result = plan.describe(reply)
         result["status"] = doc.validation_status
         result["emails"] = [k for k in doc.emails if k not in sent_before]
-        log.info("%s: ticket %s: reply %s (%s, %s) → %s", doc.request_id, ticket.ticket_id,
-                 reply.key, plan.intent.intent, plan.intent.method, plan.action)
-        return json.dumps(result, ensure_ascii=False)
+        log.info("%s: ticket %s: reply %s (%s, %s) → %s", doc.request_id, doc.ticket_id,
+                 reply.key, plan.reading.intent, plan.reading.method, plan.action)
+        return result
 
     def _validate(self, doc: Document, reply: Reply, plan: Plan,
                   stored: list[str]) -> dict[str, str]:
@@ -510,15 +616,14 @@ class Poller:
 
         doc.validation_status = "validated"
         ok = apply(STEPS["subtask"], doc, self.ctx)
-        if not ok:
-            error = next((e.error for e in doc.errors if e.step == "subtask"), "unknown error")
+        error = None if ok else next(
+            (e.error for e in doc.errors if e.step == "subtask"), "unknown error")
+        if error:
             self._fail(f"ticket {doc.ticket_id}: subtask not created yet ({error}); "
                        "the next poll tries again")
         s = self.ctx.settings
         extra = {"reply_text": plan.text, "reply": reply, "files": stored, "subtask_ok": ok,
-                 "subtask_error": None if ok else next(
-                     (e.error for e in doc.errors if e.step == "subtask"), None),
-                 "ticket_url": self._ticket_url(doc)}
+                 "subtask_error": error, "ticket_url": self._ticket_url(doc)}
         send_once(self.ctx, doc, "admin_validated", "admin_validated", s.admin_email, extra)
         send_once(self.ctx, doc, "client_validated", "client_validated", doc.user_email, extra)
         return {"validation_status": "validated"}
@@ -536,12 +641,12 @@ class Poller:
         doc.missing_info = list(assessment.missing_info)
         doc.validation_status = assessment.validation_status
         doc.analysis = Analysis(rule=assessment.rule, reasons=list(assessment.reasons))
-        kind = f"client_after_{reply.key}"
         s = self.ctx.settings
         if assessment.validation_status == "pending_admin":
             send_once(self.ctx, doc, f"admin_complex_after_{reply.key}", "admin_complex",
                       s.admin_email)
-        send_once(self.ctx, doc, kind, client_template(doc), doc.user_email)
+        send_once(self.ctx, doc, f"client_after_{reply.key}", client_template(doc),
+                  doc.user_email)
         return {"validation_status": assessment.validation_status,
                 "credits_estimes": str(assessment.credits) if assessment.credits else ""}
 
@@ -594,6 +699,7 @@ class Poller:
         if awaited is None:
             return
         ref_kind, ref = awaited
+        doc.validation_status = ticket.validation_status  # type: ignore[assignment]
         now = self.ctx.now()
         s = self.ctx.settings
         last_reply = handled.last_handled.get(ticket.ticket_id)
@@ -612,11 +718,7 @@ class Poller:
         todo = [t for t in todo if t[1] not in doc.emails]
         if not todo:
             return
-        outcome = TicketOutcome(
-            ticket_id=ticket.ticket_id, request_id=doc.request_id,
-            status_before=ticket.validation_status, status=ticket.validation_status,
-            dry_run=self.dry_run,
-        )
+        outcome = self._outcome(ticket.ticket_id, doc.request_id, ticket.validation_status)
         for action, kind, template, extra in todo:
             to = doc.user_email if action == "reminder" else s.admin_email
             entry: dict[str, Any] = {"action": action, "emails": [kind],
@@ -632,7 +734,6 @@ class Poller:
             outcome.actions.append(entry)
         if not self.dry_run:
             self.ctx.documents.save(doc)
-        self.report.outcomes.append(outcome)
 
     # -- step 6 again ----------------------------------------------------------------------
 
@@ -643,11 +744,8 @@ class Poller:
         for doc in self.ctx.documents.validated_without_subtask():
             if not doc.ticket_id or doc.ticket_id in done:
                 continue
-            outcome = TicketOutcome(
-                ticket_id=doc.ticket_id, request_id=doc.request_id, status_before="validated",
-                status="validated", dry_run=self.dry_run,
-                actions=[{"action": "subtask_retry"}],
-            )
+            outcome = self._outcome(doc.ticket_id, doc.request_id, "validated")
+            outcome.actions.append({"action": "subtask_retry"})
             if not self.dry_run:
                 ok = apply(STEPS["subtask"], doc, self.ctx)
                 self.ctx.documents.save(doc)
@@ -657,7 +755,6 @@ class Poller:
                                          "subtask failed")
                     self._fail(f"ticket {doc.ticket_id}: subtask still not created "
                                f"({outcome.error})")
-            self.report.outcomes.append(outcome)
 
 
 def complemented(description: str, text: str, at: datetime) -> str:
