@@ -53,7 +53,7 @@ _MEMO_LIMIT = 200_000
 _LLM_MAX_CHARS = 6000
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(slots=True, eq=False)
 class Term:
     """One lexicon entry, compiled: the first word's test is in the index, the rest here."""
 
@@ -85,7 +85,9 @@ def _split_word(word: str, where: str) -> tuple[frozenset[str], tuple[str, ...]]
     prefixes: list[str] = []
     for alt in word.split("|"):
         star = alt.endswith("*")
-        token = fold(alt[:-1] if star else alt)
+        word = alt[:-1] if star else alt
+        # Most entries are written folded already; fold() only the others (load time).
+        token = word if word.isascii() and word.isalnum() and word == word.lower() else fold(word)
         if not token or " " in token:
             raise ValueError(f"lexicon: {where}: '{alt}' is not a single word")
         if star:
