@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from handler_cli.context import Context
     from handler_cli.document import Document
     from handler_cli.replies import Reply, ReplySource
-    from handler_cli.services import WaitingTicket
+    from handler_cli.services import LLM, WaitingTicket
     from handler_cli.steps.analyze import Assessment
 
 log = logging.getLogger("handler_cli")
@@ -347,7 +347,7 @@ def awaited_email(doc: Document) -> tuple[str, SentEmail] | None:
     return max(asking, key=lambda item: item[1].sent_at) if asking else None
 
 
-def read_reply(text: str, llm: object) -> Reading:
+def read_reply(text: str, llm: LLM | None) -> Reading:
     """The intent of a reply already stripped of its quoted history."""
     from handler_cli.intent import read_intent
 
@@ -518,8 +518,9 @@ class Poller:
                             forward=kind == "question")
             if kind == "question":
                 return Plan("question", reading, text, forward=True)
-            return Plan("forwarded" if reply.files else "ignored", reading, text,
-                        forward=bool(reply.files))
+            # "Je valide" with no quote sent yet, or files the grid cannot use: a person reads it.
+            forward = kind == "validation" or bool(reply.files)
+            return Plan("forwarded" if forward else "ignored", reading, text, forward=forward)
         if kind == "validation":
             return Plan("validated", reading, text)
         if kind == "question":
@@ -591,6 +592,7 @@ class Poller:
                       self.ctx.settings.admin_email,
                       {"question": plan.text, "reply": reply, "files": stored,
                        "ticket_url": self._ticket_url(doc),
+                       "is_question": plan.reading.intent == "question",
                        "after_decision": plan.action == "forwarded"
                        and doc.validation_status in DECIDED_STATUSES})
         now = self.ctx.now()

@@ -357,6 +357,22 @@ def test_a_reply_that_brings_nothing_sends_nothing(
     assert len(relay.received) == before
 
 
+def test_an_approval_before_any_quote_goes_to_the_admin(
+    environ: dict[str, str], relay: SMTPPeer
+) -> None:
+    doc = intake(environ, "incomplete")
+    client_says(environ, doc, "Je valide")
+    before = len(relay.received)
+
+    (outcome,) = poll(at(environ, days(1))).outcomes
+
+    assert outcome.actions[0]["action"] == "forwarded" and outcome.status == "pending_info"
+    (kind,) = kinds(relay)[before:]
+    message = received(relay, kind)
+    assert "Message du client" in message["Subject"] and "> Je valide" in body(message)
+    assert subtasks(environ) == []
+
+
 def test_an_attachment_of_a_refused_type_becomes_a_note(
     environ: dict[str, str], relay: SMTPPeer, tmp_path: Path
 ) -> None:

@@ -161,7 +161,7 @@ def reply(
     sys.stdout.write(json.dumps({
         "ticket_id": ticket_id, "message_id": record.message_id, "from": record.sender,
         "subject": subject, "text": text, "files": [str(p) for p in paths],
-    }, ensure_ascii=False) + "\n")
+    }, ensure_ascii=False, separators=(",", ":")) + "\n")
     log.info("reply recorded on ticket %s; `handler-cli poll` will act on it", ticket_id)
 
 
