@@ -23,6 +23,7 @@ runs from acting at once.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -458,8 +459,9 @@ class Poller:
                     self._simulate(doc, plan)
                     outcome.actions.append(plan.describe(reply))
                     continue
-                self.journal.begin(reply, doc.request_id, plan, self.ctx.now())
-                outcome.actions.append(self._act(doc, reply, plan, handled))
+                kept = self._keep_files(doc, reply)
+                self.journal.begin(kept, doc.request_id, plan, self.ctx.now())
+                outcome.actions.append(self._act(doc, kept, plan, handled))
                 owner[reply.key].acknowledge(reply)
             except ServiceError as exc:
                 outcome.error = str(exc)
@@ -573,8 +575,8 @@ class Poller:
         assert doc.ticket_id
         sent_before = set(doc.emails)
         props: dict[str, str] = {}
-        stored = self._store_files(doc, reply)
-        if stored:
+        stored, changed = self._file_lines(doc, reply)
+        if changed:
             props["fichiers_urls"] = "\n".join(doc.fichiers_urls or [])
         if plan.action == "validated":
             props.update(self._validate(doc, reply, plan, stored))
@@ -652,8 +654,12 @@ class Poller:
         return {"validation_status": assessment.validation_status,
                 "credits_estimes": str(assessment.credits) if assessment.credits else ""}
 
-    def _store_files(self, doc: Document, reply: Reply) -> list[str]:
-        """Keep the reply's attachments with the request's files; return their links."""
+    def _keep_files(self, doc: Document, reply: Reply) -> Reply:
+        """Store the reply's attachments before anything else; the reply then carries links.
+
+        A file store that fails here raises before the action begins, so the reply is read
+        again (with its bytes) by the next poll; once begun, the journal keeps the links.
+        """
         from handler_cli.attachments import (
             ALLOWED_EXTENSIONS,
             EXTRA_TYPES,
@@ -661,33 +667,49 @@ class Poller:
             extension,
             safe_name,
         )
+        from handler_cli.replies import ReplyFile
         from handler_cli.steps import note
-        from handler_cli.steps.upload import storage_key
 
-        links: list[str] = []
+        if all(item.data is None for item in reply.files):
+            return reply
+        kept: list[ReplyFile] = []
         cap = self.ctx.settings.handler_max_file_bytes
         for item in reply.files:
+            if item.data is None:
+                kept.append(item)
+                continue
             try:
                 name = safe_name(item.name)
-                if item.data is None:
-                    if item.url:
-                        links.append(item.url)
-                    continue
                 if extension(name) not in ALLOWED_EXTENSIONS:
                     raise FileRejected(f"type de fichier non accepté (.{extension(name) or '?'})")
                 if len(item.data) > cap:
                     raise FileRejected(f"fichier trop volumineux (plus de {cap // 1_048_576} Mo)")
-                content_type = EXTRA_TYPES.get(extension(name)) or item.content_type
-                links.append(self.ctx.files.put(
-                    storage_key(doc, self.ctx, f"reponse-{reply.key}-{name}"), item.data,
-                    content_type))
             except FileRejected as exc:
                 note(doc, self.ctx, f"Pièce jointe « {item.name} » de la réponse du client "
                                     f"écartée : {exc}.")
-        new = [link for link in links if link not in (doc.fichiers_urls or [])]
+                continue
+            content_type = EXTRA_TYPES.get(extension(name)) or item.content_type
+            key = f"requests/{reply.at:%Y-%m-%d}/{doc.request_id}/reponse-{reply.key}-{name}"
+            link = self.ctx.files.put(key, item.data, content_type)
+            kept.append(ReplyFile(name=name, url=link, content_type=content_type))
+        return dataclasses.replace(reply, files=tuple(kept))
+
+    @staticmethod
+    def _file_lines(doc: Document, reply: Reply) -> tuple[list[str], bool]:
+        """Add the reply's links to the request's files; return what the admin reads about
+        them, and whether the request's files changed."""
+        lines: list[str] = []
+        new: list[str] = []
+        for item in reply.files:
+            if item.url:
+                lines.append(item.url)
+                if item.url not in (doc.fichiers_urls or []) and item.url not in new:
+                    new.append(item.url)
+            else:
+                lines.append(f"{item.name} (pièce jointe restée dans le CRM)")
         if new:
             doc.fichiers_urls = [*(doc.fichiers_urls or []), *new]
-        return links
+        return lines, bool(new)
 
     def _ticket_url(self, doc: Document) -> str:
         if doc.ticket_url:

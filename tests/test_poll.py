@@ -28,7 +28,7 @@ from handler_cli.services import EmailRecord, TicketDraft
 from handler_cli.services.tasks.local import LocalTaskBoard
 from tests.conftest import SAMPLES, clean_environ, sample
 from tests.fakes.clickup import DEFAULT_PARENT_ID, FakeClickUp, clickup_server
-from tests.peers import SMTPPeer, smtp_server
+from tests.peers import SMTPPeer, closed_port, smtp_server
 
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489")
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
@@ -371,6 +371,29 @@ def test_an_approval_before_any_quote_goes_to_the_admin(
     message = received(relay, kind)
     assert "Message du client" in message["Subject"] and "> Je valide" in body(message)
     assert subtasks(environ) == []
+
+
+def test_a_file_store_down_leaves_the_reply_and_its_file_for_the_next_poll(
+    environ: dict[str, str], relay: SMTPPeer, tmp_path: Path
+) -> None:
+    doc = intake(environ, "incomplete")
+    photo = tmp_path / "lampe.png"
+    photo.write_bytes(PNG)
+    client_says(environ, doc, "Une lampe en métal noir, 45 cm.", files=(str(photo),))
+    r2_down = {"R2_ENDPOINT_URL": f"http://127.0.0.1:{closed_port()}", "R2_BUCKET": "files",
+               "R2_ACCESS_KEY_ID": "k", "R2_SECRET_ACCESS_KEY": "s"}
+
+    report = poll(at(environ, days(1), **r2_down))
+
+    assert not report.ok and "r2" in (report.outcomes[0].error or "")
+    assert ticket(environ, doc)["validation_status"] == "pending_info"
+    journal = Journal(Path(environ["HANDLER_DATA_DIR"]) / "poll.sqlite3")
+    assert journal.actions(doc.ticket_id or "") == []  # nothing begun: read again next time
+
+    (outcome,) = poll(at(environ, days(1.1))).outcomes  # the local folder store works
+
+    assert outcome.status == "pending_credits"
+    assert (stored(environ, doc).fichiers_urls or [""])[0].endswith("lampe.png")
 
 
 def test_an_attachment_of_a_refused_type_becomes_a_note(
