@@ -30,13 +30,14 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from handler_cli.config import ConfigError
 from handler_cli.document import SentEmail
 from handler_cli.mailing import send_once
 from handler_cli.services import ServiceError
@@ -467,6 +468,13 @@ class Poller:
                 outcome.error = str(exc)
                 self._fail(f"ticket {ticket.ticket_id}: {exc}; the next poll finishes it")
                 break  # later replies wait: they may depend on this one
+            except ConfigError:
+                raise
+            except Exception as exc:  # a bug must not stop the other tickets: report it
+                outcome.error = f"unexpected {type(exc).__name__}: {exc}"
+                log.debug("poll: ticket %s", ticket.ticket_id, exc_info=True)
+                self._fail(f"ticket {ticket.ticket_id}: {outcome.error}")
+                break
         outcome.status = doc.validation_status or outcome.status
         outcome.clickup_subtask_id = doc.clickup_subtask_id
 
@@ -799,13 +807,3 @@ def poll(ctx: Context, *, dry_run: bool = False,
         if holder is not None:
             return PollReport(locked_by=holder)
         return Poller(ctx, sources=sources).run()
-
-
-def watch(ctx_factory: Callable[[], Context], seconds: float,
-          on_report: Callable[[PollReport], None], *, dry_run: bool = False,
-          stop: threading.Event | None = None) -> None:
-    """Poll every `seconds` until `stop` is set (or Ctrl-C); each pass reported."""
-    stop = stop or threading.Event()
-    while not stop.is_set():
-        on_report(poll(ctx_factory(), dry_run=dry_run))
-        stop.wait(seconds)
