@@ -12,11 +12,13 @@ import pytest
 
 from handler_cli.config import ConfigError, load_settings
 from handler_cli.context import Context
-from handler_cli.poll import HandledIndex, Journal
+from handler_cli.document import Document
+from handler_cli.pipeline import run_chain
+from handler_cli.poll import HandledIndex, Journal, poll
 from handler_cli.replies import build_sources
 from handler_cli.replies.imap import IMAPReplies, imap_date
 from handler_cli.services import ServiceError, WaitingTicket
-from tests.conftest import clean_environ
+from tests.conftest import SAMPLES, clean_environ, sample
 from tests.dovecot import Dovecot, dovecot_server
 from tests.peers import closed_port, peer_cert
 
@@ -206,3 +208,22 @@ def test_missing_settings_are_named(tmp_path: Path) -> None:
 
 def test_imap_search_dates_do_not_depend_on_the_locale() -> None:
     assert imap_date(datetime(2026, 2, 3)) == "03-Feb-2026"
+
+
+def test_poll_acts_on_a_reply_read_over_imap_once(tmp_path: Path, imap: Dovecot) -> None:
+    ctx = context(tmp_path, imap)
+    doc = Document.model_validate(sample("modelisation_simple"))
+    run_chain(doc, ctx)
+    assert doc.ticket_id == "1001" and doc.validation_status == "pending_credits"
+    imap.deliver((SAMPLES / "replies" / "out_of_office.eml").read_bytes())
+    imap.deliver((SAMPLES / "replies" / "validation.eml").read_bytes())
+
+    report = poll(context(tmp_path, imap))
+
+    assert report.ok, report.failures
+    (outcome,) = report.outcomes
+    assert [(a["source"], a["action"]) for a in outcome.actions] == [
+        ("imap", "ignored"), ("imap", "validated")]
+    assert outcome.status == "validated" and outcome.clickup_subtask_id
+    assert poll(context(tmp_path, imap)).outcomes == []
+    assert all(b"\\Seen" not in f for f in imap.flags())
