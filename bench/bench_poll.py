@@ -8,7 +8,8 @@ document store with their requests, then times one pass of the poll:
 
 - `quiet, bare`: no e-mail on any ticket (the floor: search pages + one associations call);
 - `quiet, quote logged`: each ticket carries the quote e-mail `run` logged on it (what a
-  real portal looks like), no reply;
+  real portal looks like), no reply. The backend remembers the ids of the e-mails it logged
+  (and of any non-client e-mail it read once), so a poll never reads them again;
 - `N replies`: as above, and N tickets got a "Je valide" (each acted on: subtask, e-mails).
 
 The issue's aim: 1,000 waiting tickets with no new reply cost at most 10 HubSpot calls.
@@ -33,6 +34,7 @@ from handler_cli.config import load_settings  # noqa: E402
 from handler_cli.context import Context  # noqa: E402
 from handler_cli.document import Document, SentEmail  # noqa: E402
 from handler_cli.poll import Poller  # noqa: E402
+from handler_cli.services import EmailRecord  # noqa: E402
 from tests.fakes.hubspot import FakeHubSpot, hubspot_server  # noqa: E402
 
 EMAIL_TO_TICKET = 224
@@ -71,12 +73,10 @@ def seed(fake: FakeHubSpot, ctx: Context, size: int, *, quotes: bool, replies: i
                                         template="client_quote_1", sent_at=sent)},
         )
         ctx.documents.save(doc)
-        if quotes:
-            fake.add("emails", {
-                "hs_timestamp": sent.isoformat(), "hs_email_direction": "EMAIL",
-                "hs_email_subject": "Votre devis : 1 crédit", "hs_email_text": "Devis",
-                "hs_email_headers": json.dumps({"Message-Id": quote_id}),
-            }, associations=[("tickets", ticket_id, EMAIL_TO_TICKET)])
+        if quotes:  # logged the way `run` logs it, through the CRM backend
+            ctx.crm.log_email(ticket_id, EmailRecord(
+                message_id=quote_id, direction="OUTGOING", sender=f"studio@{DOMAIN}",
+                to=doc.user_email, subject="Votre devis : 1 crédit", text="Devis", at=sent))
         if n < replies:
             fake.add("emails", {
                 "hs_timestamp": datetime.now(UTC).isoformat(),

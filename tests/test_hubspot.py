@@ -581,3 +581,21 @@ def test_context_uses_hubspot_when_a_token_is_set(hs: FakeHubSpot, tmp_path: Pat
 
     assert isinstance(crm, HubSpotCRM) and crm.name == "hubspot"
     assert hs.count() == 0  # built lazily, no call until used
+
+
+def test_our_own_emails_are_never_read_again_by_the_poll(hs: FakeHubSpot,
+                                                         crm: HubSpotCRM) -> None:
+    tickets = [hs.add("tickets", {"subject": f"t{i}"}) for i in range(120)]
+    for n, ticket in enumerate(tickets):  # the quote `run` logged on each ticket
+        crm.log_email(ticket, email(f"<q{n}@v.fr>"))
+    stranger = hs.add("emails", {"hs_email_direction": "FORWARDED_EMAIL", "hs_timestamp":
+                                 "2026-03-02T09:00:00.000Z"}, [("tickets", tickets[0], 224)])
+
+    crm.incoming_emails(tickets, set())
+    # Only the e-mail we did not log was read, once; it is remembered as not the client's.
+    (read,) = hs.calls("POST", EMAILS_READ)
+    assert [i["id"] for i in read.body["inputs"]] == [stranger]
+
+    again = HubSpotCRM(crm.settings, timeout=2.0)  # a later poll, a new process
+    assert again.incoming_emails(tickets, set()) == {t: [] for t in tickets}
+    assert hs.count("POST", EMAILS_READ) == 1

@@ -15,6 +15,7 @@ import json
 import logging
 import random
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -254,6 +255,8 @@ class HubSpotCRM:
         self._account_lock = threading.Lock()
         self._search_lock = threading.Lock()
         self._last_search = 0.0
+        self._known_lock = threading.Lock()
+        self._known_db: sqlite3.Connection | None = None
 
     def describe(self) -> str:
         s = self.settings
@@ -578,7 +581,7 @@ class HubSpotCRM:
             "hs_email_text": _clip(email.text),
             "hs_email_headers": json.dumps(headers, ensure_ascii=False),
         }
-        self._request(
+        created = self._request(
             "POST", "/crm/v3/objects/emails",
             body={"properties": properties, "associations": [{
                 "to": {"id": str(ticket_id)}, "types": [{
@@ -586,6 +589,11 @@ class HubSpotCRM:
                     "associationTypeId": EMAIL_TO_TICKET}]}]},
             recover=lambda: self._find_email(ticket_id, email.message_id),
         )
+        if email.direction == "OUTGOING":
+            email_id = (_error_body(created).get("id") if isinstance(created, httpx.Response)
+                        else created)
+            if email_id:
+                self._remember_not_from_client([str(email_id)])
 
     # -- what the poll reads --------------------------------------------------------------
 
@@ -689,16 +697,48 @@ class HubSpotCRM:
         e-mail batch read per 100 e-mails not yet handled.
         """
         by_ticket = self._ticket_emails(ticket_ids)
-        wanted = sorted({e for ids in by_ticket.values() for e in ids} - set(skip), key=str)
-        records = {}
+        candidates = {e for ids in by_ticket.values() for e in ids} - set(skip)
+        wanted = sorted(candidates - self._not_from_client(candidates), key=str)
+        records, ours = {}, []
         for email in self._batch_read("emails", wanted, EMAIL_READ_PROPERTIES):
             if (email.get("properties") or {}).get("hs_email_direction") == "INCOMING_EMAIL":
                 records[str(email["id"])] = self._email_record(email)
+            else:
+                ours.append(str(email["id"]))
+        self._remember_not_from_client(ours)
         result: dict[str, list[EmailRecord]] = {str(t): [] for t in ticket_ids}
         for ticket, ids in by_ticket.items():
             mine = [records[e] for e in dict.fromkeys(ids) if e in records]
             result[ticket] = sorted(mine, key=_oldest_first)
         return result
+
+    # Our own e-mails (quotes, acknowledgements) sit on every waiting ticket. Reading them
+    # again on every poll would cost a batch read per 100 tickets; once seen, they are
+    # remembered here (data dir) and never read again.
+
+    def _known(self) -> sqlite3.Connection:
+        if self._known_db is None:
+            from handler_cli.sqlite import connect
+
+            self._known_db = connect(
+                self.settings.data_dir / "hubspot_emails.sqlite3",
+                "CREATE TABLE IF NOT EXISTS not_from_client (email_id TEXT PRIMARY KEY)",
+            )
+        return self._known_db
+
+    def _not_from_client(self, ids: set[str]) -> set[str]:
+        with self._known_lock:
+            db = self._known()
+            return {row[0] for row in db.execute(
+                "SELECT email_id FROM not_from_client WHERE email_id IN"
+                " (SELECT value FROM json_each(?))", (json.dumps(sorted(ids)),))}
+
+    def _remember_not_from_client(self, ids: list[str]) -> None:
+        if ids:
+            with self._known_lock:
+                self._known().executemany(
+                    "INSERT OR IGNORE INTO not_from_client (email_id) VALUES (?)",
+                    [(i,) for i in ids])
 
     # -- setup and health -----------------------------------------------------------------
 
