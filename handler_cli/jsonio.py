@@ -7,7 +7,7 @@ one broken document never stops the others.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -46,16 +46,12 @@ def parse_document(data: Any, line: int) -> Document | InputError:
         return InputError(line, describe_validation(exc))
 
 
-def _parse_line(text: str, line: int) -> Document | InputError:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return InputError(line, [f"not valid JSON ({exc.msg} at column {exc.colno})"])
-    return parse_document(data, line)
+def read_values(stream: IO[str]) -> Iterator[tuple[int, Any] | InputError]:
+    """Each JSON value of the stream with its line number, or an InputError for a bad line.
 
-
-def read_documents(stream: IO[str]) -> Iterator[Document | InputError]:
-    """Yield each document, or an InputError for what could not be read."""
+    The first non-empty line decides the framing: a complete value means JSON Lines (an
+    array on a line gives its items); otherwise the whole stream is one value.
+    """
     lines = iter(stream)
     numbered = enumerate(lines, start=1)
     first_number, first = next(((n, t) for n, t in numbered if t.strip()), (0, ""))
@@ -64,36 +60,26 @@ def read_documents(stream: IO[str]) -> Iterator[Document | InputError]:
     try:
         json.loads(first)
     except json.JSONDecodeError:
-        # Not a complete value on its first line: a single pretty-printed document (or array).
-        yield from _read_whole(first + "".join(lines), first_number)
+        yield from _whole(first + "".join(lines), first_number)
         return
-    yield from _read_lines([(first_number, first)], lines, first_number + 1)
-
-
-def _read_lines(
-    head: list[tuple[int, str]], rest: Iterable[str], start: int
-) -> Iterator[Document | InputError]:
-    for number, text in head:
-        yield from _one_line(text, number)
-    for number, text in enumerate(rest, start=start):
+    yield from _whole(first, first_number)
+    for number, text in enumerate(lines, start=first_number + 1):
         if text.strip():
-            yield from _one_line(text, number)
+            yield from _whole(text, number)
 
 
-def _one_line(text: str, number: int) -> Iterator[Document | InputError]:
-    stripped = text.strip()
-    if stripped.startswith("["):
-        yield from _read_whole(stripped, number)
-    else:
-        yield _parse_line(stripped, number)
-
-
-def _read_whole(text: str, line: int) -> Iterator[Document | InputError]:
+def _whole(text: str, line: int) -> Iterator[tuple[int, Any] | InputError]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        yield InputError(line + exc.lineno - 1, [f"not valid JSON ({exc.msg})"])
+        where = f" at column {exc.colno}" if exc.lineno == 1 else ""
+        yield InputError(line + exc.lineno - 1, [f"not valid JSON ({exc.msg}{where})"])
         return
-    items = data if isinstance(data, list) else [data]
-    for item in items:
-        yield parse_document(item, line)
+    for item in data if isinstance(data, list) else [data]:
+        yield line, item
+
+
+def read_documents(stream: IO[str]) -> Iterator[Document | InputError]:
+    """Yield each document, or an InputError for what could not be read."""
+    for item in read_values(stream):
+        yield item if isinstance(item, InputError) else parse_document(item[1], item[0])

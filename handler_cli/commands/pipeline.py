@@ -37,11 +37,12 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on st
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")]
 
 
-def _open_input(path: Path | None) -> IO[str]:
+def open_input(path: Path | None, example: str = "handler-cli classify samples/support.json"
+               ) -> IO[str]:
+    """The file named, or stdin (refused when it is a terminal: nothing was piped)."""
     if path is None or str(path) == "-":
         if sys.stdin.isatty():
-            log.error("no input: give a JSON file, or pipe documents into stdin "
-                      "(e.g. `handler-cli classify samples/support.json`)")
+            log.error("no input: give a JSON file, or pipe JSON into stdin (e.g. `%s`)", example)
             raise typer.Exit(EXIT_USAGE)
         return sys.stdin
     try:
@@ -75,7 +76,7 @@ def process(
         log.error("%s", exc)
         return EXIT_USAGE
     ctx = Context(settings)
-    stream = _open_input(path)
+    stream = open_input(path)
     out = sys.stdout
     tally: Counter[str] = Counter()
     summary = _Summary(show_progress and sys.stderr.isatty() and not quiet)

@@ -8,9 +8,8 @@ to do (also when another poll holds the lock); 1: a backend failed or input was 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Annotated
+from typing import Annotated
 
 import typer
 
@@ -183,23 +182,32 @@ def reply_intent(
     import logging
     import sys
 
+    from handler_cli.commands.pipeline import open_input
     from handler_cli.config import ConfigError, Settings
     from handler_cli.context import Context
     from handler_cli.intent import read_intent, strip_quoted
+    from handler_cli.jsonio import InputError, read_values
 
     log = logging.getLogger("handler_cli")
     settings = _setup(quiet, verbose)
     assert isinstance(settings, Settings)
-    stream = _open_input(input)
+    stream = open_input(input, "echo '{\"text\": \"Je valide\"}' | handler-cli reply-intent")
     unreadable = 0
     try:
         llm = Context(settings).llm
     except ConfigError as exc:
         log.error("%s", exc)
         raise typer.Exit(EXIT_USAGE) from None
-    for line, item in read_objects(stream):
-        if isinstance(item, str):
-            log.error("line %d: %s", line, item)
+    for value in read_values(stream):
+        problem = value if isinstance(value, InputError) else None
+        if problem is None:
+            line, item = value
+            if not isinstance(item, dict):
+                problem = InputError(line, [f"expected a JSON object, got {type(item).__name__}"])
+            elif not isinstance(item.get("text"), str):
+                problem = InputError(line, ["text: required, a string"])
+        if problem is not None:
+            log.error("%s", problem)
             unreadable += 1
             continue
         result = read_intent(strip_quoted(str(item["text"])), llm=llm)
@@ -209,63 +217,3 @@ def reply_intent(
                                     separators=None if pretty else (",", ":")) + "\n")
     sys.stdout.flush()
     raise typer.Exit(EXIT_FAILED if unreadable else EXIT_OK)
-
-
-def _open_input(path: Path | None) -> IO[str]:
-    """The file named, or stdin (refused when it is a terminal: nothing was piped)."""
-    import logging
-    import sys
-
-    if path is None or str(path) == "-":
-        if sys.stdin.isatty():
-            logging.getLogger("handler_cli").error(
-                "no input: give a JSON file, or pipe {\"text\": ...} objects into stdin")
-            raise typer.Exit(EXIT_USAGE)
-        return sys.stdin
-    try:
-        return path.open(encoding="utf-8")
-    except OSError as exc:
-        logging.getLogger("handler_cli").error("cannot read %s: %s", path, exc.strerror)
-        raise typer.Exit(EXIT_USAGE) from None
-
-
-def read_objects(stream: IO[str]) -> Iterator[tuple[int, dict[str, object] | str]]:
-    """(line, object with a "text" string) or (line, problem), from one JSON value or lines."""
-    import json
-
-    def check(value: object, line: int) -> tuple[int, dict[str, object] | str]:
-        if not isinstance(value, dict):
-            return line, f"expected a JSON object, got {type(value).__name__}"
-        if not isinstance(value.get("text"), str):
-            return line, "text: required, a string"
-        return line, value
-
-    content = stream.read()
-    lines = content.splitlines()
-    first = next((n for n, t in enumerate(lines, start=1) if t.strip()), 0)
-    if not first:
-        return
-    try:
-        json.loads(lines[first - 1])
-        whole = False
-    except json.JSONDecodeError:
-        whole = True  # a pretty-printed object or array spanning lines
-    if whole:
-        try:
-            data = json.loads(content)
-        except json.JSONDecodeError as exc:
-            yield exc.lineno, f"not valid JSON ({exc.msg})"
-            return
-        for item in data if isinstance(data, list) else [data]:
-            yield check(item, first)
-        return
-    for number, text in enumerate(lines, start=1):
-        if not text.strip():
-            continue
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield number, f"not valid JSON ({exc.msg} at column {exc.colno})"
-            continue
-        for item in data if isinstance(data, list) else [data]:
-            yield check(item, number)
