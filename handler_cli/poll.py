@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -41,6 +40,7 @@ from handler_cli.config import ConfigError
 from handler_cli.document import SentEmail
 from handler_cli.mailing import send_once
 from handler_cli.services import ServiceError
+from handler_cli.sqlite import connect
 from handler_cli.text import fold
 
 if TYPE_CHECKING:
@@ -94,19 +94,16 @@ class Journal:
     """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
+        self._db = connect(
+            path,
             "CREATE TABLE IF NOT EXISTS replies (ticket_id TEXT NOT NULL, reply_key TEXT NOT NULL,"
             " crm_id TEXT, source TEXT NOT NULL, request_id TEXT NOT NULL, state TEXT NOT NULL,"
             " intent TEXT NOT NULL, confiance REAL NOT NULL, method TEXT NOT NULL,"
             " action TEXT NOT NULL, forward INTEGER NOT NULL, text TEXT NOT NULL,"
             " reply TEXT NOT NULL, started_at TEXT NOT NULL, handled_at TEXT,"
-            " PRIMARY KEY (ticket_id, reply_key))"
+            " PRIMARY KEY (ticket_id, reply_key))",
         )
 
     def begin(self, reply: Reply, request_id: str, plan: Plan, at: datetime) -> None:
