@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from email.message import EmailMessage
-from email.utils import formataddr, parseaddr
+from email.utils import format_datetime, formataddr, parseaddr
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,7 +95,7 @@ def build_message(
     if s.mail_reply_to:
         msg["Reply-To"] = s.mail_reply_to
     msg["Message-ID"] = message_id(doc, kind, s.mail_from)
-    msg["Date"] = ctx.now().strftime("%a, %d %b %Y %H:%M:%S +0000")
+    msg["Date"] = format_datetime(ctx.now())
     msg["X-Handler-Request-Id"] = doc.request_id
     if doc.ticket_id:
         msg["X-Handler-Ticket-Id"] = doc.ticket_id
