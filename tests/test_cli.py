@@ -115,3 +115,31 @@ def test_python_dash_m_and_console_script_agree(environ: dict[str, str]) -> None
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True,
                          env={**os.environ, **environ})
     assert out.returncode == 0 and "classify" in out.stdout
+
+
+def test_on_a_terminal_run_shows_a_summary_and_stdout_stays_json(environ: dict) -> None:
+    """stderr is a pseudo-terminal here, as for an operator; stdout is piped."""
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "handler_cli", "run", str(SAMPLES / "batch.jsonl")],
+        stdout=subprocess.PIPE, stderr=follower, stdin=subprocess.DEVNULL,
+        env={**environ, "COLUMNS": "100", "TERM": "xterm"}, cwd=ROOT,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    stdout = proc.stdout.read().decode() if proc.stdout else ""
+    assert proc.wait(timeout=60) == 0
+    terminal = b"".join(chunks).decode(errors="replace")
+    assert "handler-cli run" in terminal and "9 ok, 0 failed" in terminal
+    assert "pending_credits" in terminal and "local SQLite CRM" in terminal
+    assert [json.loads(line)["request_id"] for line in stdout.splitlines()]
