@@ -20,6 +20,7 @@ A request is `queued`, then `running` (claimed, under a lease the worker renews)
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -56,9 +57,17 @@ LEASE_SECONDS = 120.0  # a claimed request's lease, renewed while its worker liv
 CLOCK_SKEW = 1.0  # between machines sharing the Redis store
 
 
+_ID_PREFIX = {"pid": -1, "bits": ""}
+_ID_COUNTER = itertools.count()
+
+
 def new_request_id() -> str:
-    """Sortable by arrival (milliseconds) and unguessable (40 random bits)."""
-    return f"req_{int(time.time() * 1000):013x}{secrets.token_hex(5)}"
+    """Unique and sortable by arrival: milliseconds, 32 random bits drawn once per process,
+    a counter. (Not a secret: reading a request's status needs the credentials anyway. No
+    system call per id either: the webhook's event loop must not give up the GIL here.)"""
+    if _ID_PREFIX["pid"] != os.getpid():
+        _ID_PREFIX.update(pid=os.getpid(), bits=secrets.token_hex(4))
+    return f"req_{int(time.time() * 1000):012x}{_ID_PREFIX['bits']}{next(_ID_COUNTER) % 65536:04x}"
 
 
 def iso(ts: float | None) -> str | None:
@@ -208,40 +217,69 @@ class SqliteRequestStore:
         return conn
 
     def accept_many(self, items: Sequence[NewRequest], now: float) -> list[Accepted]:
-        conn = self._conn()
-        results: list[Accepted] = []
-        conn.execute("BEGIN IMMEDIATE")
+        conn, results = self.stage_accept(items, now)
+        self.finish_staged(conn)
+        return results
+
+    def finish_staged(self, conn: sqlite3.Connection, commit: bool = True) -> None:
+        """COMMIT (the fsync) a staged batch, from any thread; ROLLBACK if that fails."""
+        if not commit:
+            conn.execute("ROLLBACK")
+            return
         try:
-            for item in items:
-                lookup = item.key or f"payload:{item.fingerprint}"
-                prior = conn.execute(
-                    "SELECT r.request_id, r.status FROM idempotency i JOIN requests r"
-                    " ON r.request_id = i.request_id WHERE i.key = ? AND i.expires_at > ?",
-                    (lookup, now),
-                ).fetchone()
-                if prior is not None:
-                    results.append(Accepted(prior[0], prior[1], False))
-                    continue
-                conn.execute(
-                    "INSERT INTO requests (request_id, status, document, fingerprint,"
-                    " idempotency_key, created_at, updated_at, due_at)"
-                    " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
-                    (item.request_id, item.document, item.fingerprint, item.key, now, now, now),
-                )
-                keys = [(f"payload:{item.fingerprint}", now + PAYLOAD_WINDOW)]
-                if item.key:
-                    keys.append((item.key, now + KEY_WINDOW))
-                conn.executemany(
-                    "INSERT OR REPLACE INTO idempotency (key, request_id, expires_at)"
-                    " VALUES (?, ?, ?)",
-                    [(k, item.request_id, exp) for k, exp in keys],
-                )
-                results.append(Accepted(item.request_id, "queued", True))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return results
+
+    def stage_accept(
+        self, items: Sequence[NewRequest], now: float
+    ) -> tuple[sqlite3.Connection, list[Accepted]]:
+        """Write a batch in an open transaction, not yet committed: one lookup query for
+        all its idempotency keys, then the new requests and their keys. The webhook does
+        this on its event loop (microseconds) and leaves only the COMMIT to a thread."""
+        lookups = [item.key or f"payload:{item.fingerprint}" for item in items]
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            known: dict[str, Accepted] = {}
+            for start in range(0, len(lookups), 500):  # SQLite's bound-variable limit
+                chunk = lookups[start:start + 500]
+                for key, request_id, status in conn.execute(
+                    "SELECT i.key, r.request_id, r.status FROM idempotency i JOIN requests r"
+                    " ON r.request_id = i.request_id WHERE i.expires_at > ?"
+                    f" AND i.key IN ({', '.join('?' * len(chunk))})", (now, *chunk),
+                ):
+                    known[key] = Accepted(request_id, status, False)
+            results: list[Accepted] = []
+            rows: list[tuple[Any, ...]] = []
+            keys: list[tuple[str, str, float]] = []
+            for item, lookup in zip(items, lookups, strict=True):
+                prior = known.get(lookup)
+                if prior is not None:
+                    results.append(prior)
+                    continue
+                rows.append((item.request_id, item.document, item.fingerprint, item.key,
+                             now, now, now))
+                repeat = Accepted(item.request_id, "queued", False)
+                payload_key = f"payload:{item.fingerprint}"
+                keys.append((payload_key, item.request_id, now + PAYLOAD_WINDOW))
+                known[payload_key] = repeat  # a later item of this batch repeats this one
+                if item.key:
+                    keys.append((item.key, item.request_id, now + KEY_WINDOW))
+                    known[item.key] = repeat
+                results.append(Accepted(item.request_id, "queued", True))
+            conn.executemany(
+                "INSERT INTO requests (request_id, status, document, fingerprint,"
+                " idempotency_key, created_at, updated_at, due_at)"
+                " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)", rows)
+            conn.executemany(
+                "INSERT OR REPLACE INTO idempotency (key, request_id, expires_at)"
+                " VALUES (?, ?, ?)", keys)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return conn, results
 
     def get(self, request_id: str) -> RequestRecord | None:
         row = self._conn().execute(
@@ -733,9 +771,17 @@ class RequestQueue:
         else:
             self._task(request_id)
 
+    def messages(self, request_ids: Iterable[str]) -> list[bytes]:
+        """huey's serialized task messages for these requests (to push later)."""
+        return [self.huey.serialize_task(self._task.s(rid)) for rid in request_ids]
+
+    def push(self, messages: list[bytes]) -> None:
+        """Queue prepared messages in one write (one per batch of the webhook)."""
+        if messages:
+            self.huey.storage.enqueue_many(messages)
+
     def enqueue_many(self, request_ids: Iterable[str]) -> None:
-        for request_id in request_ids:
-            self.enqueue(request_id)
+        self.push(self.messages(request_ids))
 
     def _queued_ids(self) -> set[str]:
         """Request ids some huey message (pending or scheduled) already stands for."""
@@ -946,22 +992,35 @@ class RequestQueue:
 
 def make_huey(settings: Settings) -> Huey:
     """RedisHuey with `HANDLER_QUEUE_URL`, else SqliteHuey in the data dir."""
-    from huey import Huey, RedisHuey
-    from huey.storage import SqliteStorage
+    from huey import Huey
+    from huey.storage import RedisStorage, SqliteStorage
 
-    if settings.handler_queue_url:
-        return RedisHuey(QUEUE_NAME, url=settings.handler_queue_url, results=False, utc=True)
+    class _Redis(RedisStorage):  # type: ignore[misc]
+        def enqueue_many(self, datas: list[bytes]) -> None:
+            # LPUSH of several values keeps their order for huey's BRPOP: still FIFO.
+            self.conn.lpush(self.queue_key, *datas)
 
-    class _Storage(SqliteStorage):  # type: ignore[misc]
-        """NORMAL, not FULL: the request store is durable; a lost message is re-sent."""
-
+    class _Sqlite(SqliteStorage):  # type: ignore[misc]
         def _create_connection(self) -> sqlite3.Connection:
             conn: sqlite3.Connection = super()._create_connection()
+            # NORMAL, not FULL: the request store is durable; a lost message is re-sent.
             conn.execute("PRAGMA synchronous=NORMAL")
             return conn
 
+        def enqueue_many(self, datas: list[bytes]) -> None:
+            # The row huey's own enqueue() writes, for a whole batch in one transaction.
+            self.sql_many("insert into task (queue, data, priority) values (?, ?, ?)",
+                          [(self.name, self.to_blob(d), 0) for d in datas])
+
+        def sql_many(self, query: str, rows: list[tuple[Any, ...]]) -> None:
+            with self.db(commit=True) as curs:
+                curs.executemany(query, rows)
+
+    if settings.handler_queue_url:
+        return Huey(QUEUE_NAME, results=False, utc=True, storage_class=_Redis,
+                    url=settings.handler_queue_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return Huey(QUEUE_NAME, results=False, utc=True, storage_class=_Storage,
+    return Huey(QUEUE_NAME, results=False, utc=True, storage_class=_Sqlite,
                 filename=str(settings.data_dir / "queue.sqlite3"))
 
 
