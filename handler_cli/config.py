@@ -44,7 +44,10 @@ class Settings(BaseModel):
     webhook_token: str | None = None  # accepted as "Authorization: Bearer ..." (space-separated)
     handler_max_body_bytes: int = 1024 * 1024
     handler_queue_url: str | None = None  # redis://... for the scaled-out mode; else SQLite
-    handler_workers: int = 2  # worker threads inside `serve`; 0 = intake only
+    handler_workers: int = 2  # worker threads run by `serve`; 0 = intake only
+    # "process": one low-priority child process runs them (the webhook keeps its CPU and GIL);
+    # "thread": inside the webhook's own process.
+    handler_worker_mode: Literal["process", "thread"] = "process"
     handler_insecure: bool = False  # accept unauthenticated requests from non-loopback clients
     handler_queue_retry_seconds: float = 60.0  # first delay after a transient failure, doubling
     handler_queue_retry_max_seconds: float = 3600.0

@@ -25,8 +25,11 @@ import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -754,7 +757,8 @@ class RequestQueue:
         self.huey.on_startup(name="startup_sweep")(self._startup_sweep)
         self.huey.signal(SIGNAL_INTERRUPTED)(self._interrupted)
         self._keeper = _LeaseKeeper(self.store, self.owner, lease_seconds)
-        self._contexts = threading.local()
+        self._ctx: Context | None = None
+        self._ctx_lock = threading.Lock()
         self._swept_at_startup = threading.Lock()
         self._startup_done = False
         self._consumer: Any = None
@@ -846,16 +850,34 @@ class RequestQueue:
     # worker side
 
     def _context(self) -> Context:
-        ctx: Context | None = getattr(self._contexts, "ctx", None)
-        if ctx is None:
-            from handler_cli.context import Context
+        """One Context for all the worker threads of this process.
 
-            ctx = Context(self.worker_settings)
-            self._contexts.ctx = ctx
-        return ctx
+        The backends lock around their own writes (the local CRM numbers tickets by counting
+        them), so two threads must share one instance, not each build their own: the
+        services are built here once, under a lock, before any thread uses them.
+        """
+        with self._ctx_lock:
+            if self._ctx is None:
+                from handler_cli.context import Context
+
+                ctx = Context(self.worker_settings)
+                for service in ("crm", "files", "mailer", "tasks", "llm", "ledger",
+                                "renderer", "documents"):
+                    try:
+                        getattr(ctx, service)
+                    except Exception:  # a missing setting: the step that needs it says so
+                        log.debug("%s not built in advance", service, exc_info=True)
+                self._ctx = ctx
+            return self._ctx
 
     def process(self, request_id: str) -> None:
         """The huey task: claim the request, run the chain from where it stands, record."""
+        if self.stopping.is_set():
+            # Shutting down: leave it queued. Wait a moment first, or this worker would
+            # spin through the whole queue before huey's stop flag reaches it.
+            self.enqueue(request_id)
+            time.sleep(0.2)
+            return
         now = time.time()
         rec = self.store.claim(request_id, self.owner, now, now + self.lease)
         if rec is None:
@@ -984,6 +1006,32 @@ class RequestQueue:
             self.huey.notify_interrupted_tasks()
             self._consumer = None
 
+    def run_consumer(self, workers: int, shutdown_timeout: float = 30.0) -> None:
+        """Run huey's consumer in this process's main thread until SIGTERM or SIGINT.
+
+        SIGTERM is graceful: each worker finishes the step it is in, hands the rest of its
+        chain back to the queue, and the process exits. A second SIGTERM changes nothing
+        (systemd and the parent may both send one); SIGINT interrupts at once, handing the
+        requests in flight back.
+        """
+        from huey.consumer import Consumer
+
+        rq = self
+
+        class _Consumer(Consumer):  # type: ignore[misc]
+            def _handle_signal(self, signum: int, frame: Any) -> None:
+                if signum == signal.SIGTERM and rq.stopping.is_set():
+                    return
+                rq.stopping.set()
+                super()._handle_signal(signum, frame)
+
+        poll = self.settings.handler_queue_poll_seconds
+        _Consumer(
+            self.huey, workers=workers, worker_type="thread", periodic=True,
+            initial_delay=min(0.05, poll), backoff=1.15, max_delay=poll,
+            shutdown_timeout=shutdown_timeout, graceful_signal="TERM",
+        ).run()
+
     def close(self) -> None:
         self._keeper.stop()
         self.store.close()
@@ -1024,6 +1072,105 @@ def make_huey(settings: Settings) -> Huey:
                 filename=str(settings.data_dir / "queue.sqlite3"))
 
 
+def settings_environ(settings: Settings) -> dict[str, str]:
+    """This process's environment plus `settings` as variables: what a child process needs
+    to rebuild the same settings with load_settings()."""
+    environ = dict(os.environ)
+    for name, value in settings.model_dump(exclude={"sources"}).items():
+        if value is not None:
+            environ[name.upper()] = str(value)
+    return environ
+
+
+class WorkerProcess:
+    """`serve`'s workers in one child process (`python -m handler_cli.queue`), at the lowest
+    CPU priority: under a burst the webhook keeps answering in milliseconds and the chains
+    catch up after. The child dies with its parent (even after a `kill -9`), and is
+    started again if it exits on its own."""
+
+    def __init__(self, settings: Settings, workers: int, shutdown_timeout: float = 30.0
+                 ) -> None:
+        self.command = [sys.executable, "-m", "handler_cli.queue", "--workers", str(workers),
+                        "--shutdown-timeout", str(shutdown_timeout), "--parent",
+                        str(os.getpid())]
+        self.environ = settings_environ(settings)
+        self.shutdown_timeout = shutdown_timeout
+        self._stopping = threading.Event()
+        self.proc = self._spawn()
+        self.restarts = 0
+        # The watcher spawns replacements, so it must live as long as the server: a child
+        # started from a thread is killed when that thread ends (PR_SET_PDEATHSIG).
+        self._watcher = threading.Thread(target=self._watch, name="worker-watch", daemon=True)
+        self._watcher.start()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.command, env=self.environ)
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(1.0):
+            code = self.proc.poll()
+            if code is not None and not self._stopping.is_set():
+                log.error("worker process exited (code %s); starting it again", code)
+                self.restarts += 1
+                self.proc = self._spawn()
+
+    @property
+    def problem(self) -> str | None:
+        code = self.proc.poll()
+        return None if code is None else f"worker process exited (code {code})"
+
+    def stop(self) -> None:
+        """SIGTERM: steps in flight finish, the rest goes back to the queue."""
+        self._stopping.set()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(self.shutdown_timeout + 10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def _die_with(parent: int) -> None:
+    """Never outlive the `serve` process that started us."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:  # elsewhere, or if the parent died before prctl
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The worker process of `serve` (settings from the environment)."""
+    import argparse
+
+    from handler_cli import logs
+    from handler_cli.config import load_settings
+
+    parser = argparse.ArgumentParser(prog="python -m handler_cli.queue", description=main.__doc__)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--shutdown-timeout", type=float, default=30.0)
+    parser.add_argument("--parent", type=int, help="exit when this process is gone")
+    parser.add_argument("--nice", type=int, default=19, help="CPU priority increment")
+    args = parser.parse_args(argv)
+    if args.parent:
+        _die_with(args.parent)
+    if args.nice:
+        os.nice(args.nice)
+    logs.setup(0)
+    logging.getLogger("huey").setLevel(logging.WARNING)
+    RequestQueue(load_settings()).run_consumer(args.workers, args.shutdown_timeout)
+
+
 _default: RequestQueue | None = None
 
 
@@ -1037,3 +1184,10 @@ def __getattr__(name: str) -> Any:
             _default = RequestQueue(load_settings())
         return _default.huey
     raise AttributeError(name)
+
+
+if __name__ == "__main__":
+    # Through the package, not this `__main__` copy: huey names tasks after their module.
+    from handler_cli.queue import main as _main
+
+    _main()

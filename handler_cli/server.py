@@ -39,6 +39,7 @@ from handler_cli.queue import (
     NewRequest,
     RequestQueue,
     SqliteRequestStore,
+    WorkerProcess,
     iso,
     new_request_id,
 )
@@ -233,6 +234,7 @@ class Intake:
     rq: RequestQueue
     writer: IntakeWriter
     backend_problems: list[str] = field(default_factory=list)
+    worker_process: WorkerProcess | None = None
 
 
 def _loopback(request: Request) -> bool:
@@ -412,6 +414,8 @@ async def healthz(intake: Intake, request: Request) -> JSONResponse:
 async def readyz(intake: Intake, request: Request) -> JSONResponse:
     """Ready: the store takes a write and every backend is configured."""
     problems = list(intake.backend_problems)
+    if intake.worker_process is not None and intake.worker_process.problem:
+        problems.append(intake.worker_process.problem)
     try:
         await run_in_threadpool(intake.rq.store.ping, time.time())
     except Exception as exc:
@@ -463,10 +467,15 @@ def create_app(
                         problems)
         shared[:] = [intake]
         workers = current.handler_workers
-        if workers > 0:
+        mode = current.handler_worker_mode if tuple(steps) == PIPELINE else "thread"
+        if workers > 0 and mode == "process":
+            intake.worker_process = WorkerProcess(current, workers, shutdown_timeout)
+        elif workers > 0:
             rq.start_workers(workers, shutdown_timeout=shutdown_timeout)
-        log.info("webhook ready: %s store, %d worker thread(s), %s", type(rq.store).__name__,
-                 workers, "authentication on" if auth.configured else
+        log.info("webhook ready: %s store, %d worker thread(s)%s, %s",
+                 type(rq.store).__name__, workers,
+                 " in a worker process" if intake.worker_process else "",
+                 "authentication on" if auth.configured else
                  "NO authentication (loopback clients only)" if not current.handler_insecure
                  else "NO authentication (insecure)")
         # Everything built so far lives as long as the process: keep the garbage
@@ -478,6 +487,8 @@ def create_app(
         finally:
             # uvicorn has stopped accepting and finished the HTTP requests in flight.
             await intake.writer.close()
+            if intake.worker_process is not None:
+                await run_in_threadpool(intake.worker_process.stop)
             await run_in_threadpool(rq.stop_workers)
             rq.close()
 

@@ -37,8 +37,10 @@ FINAL = ("done", "failed")
 
 
 def webhook_settings(data_dir: Path, **env: str) -> Settings:
-    """Isolated settings: local backends under `data_dir`, fast polling and retries."""
-    base = {"WEBHOOK_TOKEN": TOKEN, "HANDLER_QUEUE_POLL_SECONDS": "0.05",
+    """Isolated settings: local backends under `data_dir`, fast polling and retries, workers
+    as threads of the test process (the worker process is tested with real `serve`s)."""
+    base = {"WEBHOOK_TOKEN": TOKEN, "HANDLER_WORKER_MODE": "thread",
+            "HANDLER_QUEUE_POLL_SECONDS": "0.05",
             "HANDLER_QUEUE_RETRY_SECONDS": "0.2", "HANDLER_QUEUE_RETRY_MAX_SECONDS": "0.5"}
     return load_settings(environ=clean_environ(data_dir, **{**base, **env}))
 

@@ -30,9 +30,12 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
     workers: Annotated[int | None, typer.Option(
-        help="Worker threads running the chain in this process (HANDLER_WORKERS, default 2). "
+        help="Worker threads running the chain (HANDLER_WORKERS, default 2). "
              "0: intake only, for separate `huey_consumer handler_cli.queue.huey` workers.",
         min=0)] = None,
+    worker_mode: Annotated[str | None, typer.Option(
+        help="process: one low-priority child process runs the workers (default, "
+             "HANDLER_WORKER_MODE); thread: inside this process.")] = None,
     insecure: Annotated[bool, typer.Option(
         "--insecure",
         help="Allow listening beyond loopback without WEBHOOK_SECRET or WEBHOOK_TOKEN.")] = False,
@@ -51,7 +54,8 @@ def serve(
 
     logs.setup(0)
     try:
-        settings = load_settings(handler_workers=workers, handler_insecure=insecure or None)
+        settings = load_settings(handler_workers=workers, handler_worker_mode=worker_mode,
+                                 handler_insecure=insecure or None)
         auth = WebhookAuth.from_settings(settings)
     except (ConfigError, ValueError) as exc:
         print(f"handler-cli: error: {exc}", file=sys.stderr)
