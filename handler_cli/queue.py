@@ -205,16 +205,22 @@ class SqliteRequestStore:
         with self._conn() as conn:
             conn.executescript(_SQLITE_SCHEMA)
 
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():
+    def _conn(self, durable: bool = False) -> sqlite3.Connection:
+        """This thread's connection. `durable`: FULL, each commit is on disk before it
+        returns, even across a power cut: what the webhook needs before answering 202.
+        Otherwise NORMAL (WAL: safe from a crashed process, not from a power cut): a lost
+        checkpoint or status change only means a step runs again, which steps allow, and
+        the workers' writes do not hold the lock the webhook waits for during an fsync."""
+        slot = "durable" if durable else "conn"
+        conn: sqlite3.Connection | None = getattr(self._local, slot, None)
+        if conn is None or getattr(self._local, slot + "_pid", None) != os.getpid():
             conn = sqlite3.connect(
                 self.path, timeout=30, isolation_level=None, check_same_thread=False
             )
             conn.execute("PRAGMA journal_mode=WAL")
-            # FULL: a commit is on disk before the webhook answers, even across a power cut.
-            conn.execute("PRAGMA synchronous=FULL")
-            self._local.conn, self._local.pid = conn, os.getpid()
+            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            setattr(self._local, slot, conn)
+            setattr(self._local, slot + "_pid", os.getpid())
             with self._lock:
                 self._all.append(conn)
         return conn
@@ -242,7 +248,7 @@ class SqliteRequestStore:
         all its idempotency keys, then the new requests and their keys. The webhook does
         this on its event loop (microseconds) and leaves only the COMMIT to a thread."""
         lookups = [item.key or f"payload:{item.fingerprint}" for item in items]
-        conn = self._conn()
+        conn = self._conn(durable=True)
         conn.execute("BEGIN IMMEDIATE")
         try:
             known: dict[str, Accepted] = {}

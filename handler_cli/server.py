@@ -168,7 +168,6 @@ class IntakeWriter:
         if isinstance(store, SqliteRequestStore):
             try:
                 conn, results = store.stage_accept(items, time.time())
-                messages = self.rq.messages(r.request_id for r in results if r.created)
             except Exception as exc:
                 log.exception("could not store %d request(s)", len(batch))
                 self._answer(batch, exc)
@@ -176,23 +175,25 @@ class IntakeWriter:
 
             def job() -> list[Accepted]:
                 store.finish_staged(conn)
-                self._push(messages)
+                self._push(results)
                 return results
         else:
             def job() -> list[Accepted]:
                 results = store.accept_many(items, time.time())
-                self._push(self.rq.messages(r.request_id for r in results if r.created))
+                self._push(results)
                 return results
 
         done = self._thread.submit(job)
         done.add_done_callback(
             lambda f: self.loop.call_soon_threadsafe(self._finished, batch, f))
 
-    def _push(self, messages: list[bytes]) -> None:
+    def _push(self, results: list[Accepted]) -> None:
+        """Queue the new requests. A failure here is no lost request: they are stored, and
+        the sweep queues what no message stands for."""
         try:
-            self.rq.push(messages)
-        except Exception:  # stored all the same: the sweep will queue them
-            log.exception("could not queue %d stored request(s)", len(messages))
+            self.rq.push(self.rq.messages(r.request_id for r in results if r.created))
+        except Exception:
+            log.exception("could not queue %d stored request(s)", len(results))
 
     def _finished(self, batch: list[tuple[NewRequest, asyncio.Future[Accepted]]],
                   done: Future[list[Accepted]]) -> None:
