@@ -185,3 +185,40 @@ def test_sigterm_stops_accepting_finishes_steps_and_hands_back_the_rest(tmp_path
     with serve_process(data_dir, log) as (proc, url):
         wait_all_done(url, ids)
     assert_exactly_once(data_dir, ids)
+
+
+def worker_child(proc: subprocess.Popen[bytes]) -> int:
+    """The pid of serve's worker process (`python -m handler_cli.queue`)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for task in Path(f"/proc/{proc.pid}/task").iterdir():
+            children = (task / "children").read_text().split()
+            for pid in children:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if b"handler_cli.queue" in cmdline:
+                    return int(pid)
+        time.sleep(0.05)
+    raise AssertionError("no worker process")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_worker_process_killed_alone_is_restarted_and_dies_with_serve(tmp_path: Path) -> None:
+    data_dir, log = tmp_path / "data", tmp_path / "serve.log"
+    batch = requests_batch(20)
+    with serve_process(data_dir, log) as (proc, url):
+        child = worker_child(proc)
+        ids = post_all(url, batch)
+        os.kill(child, signal.SIGKILL)
+        wait_all_done(url, ids)  # a new worker process took over
+        replacement = worker_child(proc)
+        assert replacement != child
+        assert httpx.get(f"{url}/readyz").status_code == 200
+        proc.send_signal(signal.SIGKILL)  # the whole service crashes...
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{replacement}").exists() and (
+                Path(f"/proc/{replacement}/stat").read_text().split()[2] != "Z"):
+            assert time.monotonic() < deadline, "the worker outlived serve"  # ...entirely
+            time.sleep(0.05)
+    assert "worker process exited" in log.read_text()
+    assert_exactly_once(data_dir, ids)

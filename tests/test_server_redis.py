@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,11 +18,14 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
+import redis
 from typer.testing import CliRunner
 
 from handler_cli.commands.requests import app as requests_app
 from handler_cli.queue import RedisRequestStore
 from tests.conftest import clean_environ
+from tests.peers import free_port
 from tests.test_queue import redis_session, redis_url  # noqa: F401 - fixtures
 from tests.test_server import (
     AUTH,
@@ -132,3 +136,46 @@ def test_intake_node_with_separate_consumers_survives_a_consumer_killed_mid_chai
     assert {v["status"] for v in views} == {"done"}, log.read_text()[-3000:]
     assert ticket_count(data_dir) == 60
     assert len(outbox(data_dir)) == 120
+
+
+def test_store_down_means_503_with_retry_after_and_nothing_half_accepted(
+    tmp_path: Path,
+) -> None:
+    """The sender is told to come back later; once Redis is back the same post goes in."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not on PATH (Debian/Ubuntu: apt-get install redis-server)")
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis.from_url(url).ping()
+                return proc
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+
+    server = start()
+    settings = webhook_settings(tmp_path / "data", HANDLER_QUEUE_URL=url, HANDLER_WORKERS="0")
+    try:
+        with running(settings) as base, httpx.Client(base_url=base, timeout=30) as http:
+            body = payload()
+            server.terminate()
+            server.wait(10)
+            down = http.post("/webhook/request", json=body, headers=AUTH)
+            assert down.status_code == 503 and down.headers["retry-after"] == "5"
+            assert http.get("/readyz").status_code == 503
+            server = start()
+            up = http.post("/webhook/request", json=body, headers=AUTH)
+            assert up.status_code == 202
+            assert http.get("/readyz").status_code == 200
+            again = http.post("/webhook/request", json=body, headers=AUTH)
+            assert again.json()["request_id"] == up.json()["request_id"]
+    finally:
+        server.terminate()
+        server.wait(10)
