@@ -85,7 +85,6 @@ def request_bytes(port: int, body: bytes, signed: bool, n: int) -> bytes:
     headers = {"Host": f"127.0.0.1:{port}", "Content-Type": "application/json",
                "Content-Length": str(len(body))}
     if signed:
-        sys.path.insert(0, str(ROOT))
         from handler_cli.webhook_auth import signed_headers
 
         headers.update(signed_headers(SECRET, f"msg_{n}", body))

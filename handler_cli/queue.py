@@ -5,8 +5,9 @@ Two layers, each doing one job:
 - The **request store** is the source of truth. The webhook writes a request there (and its
   idempotency keys) before answering 202; workers save the document after every step
   (checkpoints), and the final status (`done`, or `failed` = dead letter). SQLite under the
-  data dir by default (synchronous=FULL: an answered request survives a power cut), or Redis
-  when `HANDLER_QUEUE_URL` is set, so several machines share it.
+  data dir by default (the webhook's commits at synchronous=FULL: an answered request
+  survives a power cut), or Redis when `HANDLER_QUEUE_URL` is set, so several machines
+  share it.
 - **huey** carries request ids to workers, runs the worker threads and schedules retries.
   Its messages can be lost without harm (huey pops a message before running it, so a
   `kill -9` loses the one in flight): the store still says the request is open, and the

@@ -2,11 +2,12 @@
 
 `handler_cli.server:app` is the ASGI app (`uvicorn handler_cli.server:app` works, settings
 from the environment); `handler-cli serve` builds the same app with its options. The
-answer waits for the store's commit and nothing else: the chain runs on the workers (threads
-of this process by default, or separate `huey_consumer` processes in the scaled-out mode).
+answer waits for the store's commit and nothing else: the chain runs on the workers (a
+low-priority child process by default, threads of this process, or separate worker
+processes on other machines in the scaled-out mode).
 
-Stores are written by one thread that commits whatever arrived together in one transaction
-(group commit): one fsync for fifty concurrent posts instead of fifty.
+Posts that arrive together are stored in one transaction (group commit): one fsync for
+fifty concurrent posts instead of fifty. See docs/production.md.
 """
 
 from __future__ import annotations
