@@ -1,7 +1,7 @@
 """`kill -9` and SIGTERM on a real `serve` process, with the real chain on the local backends.
 
-The server runs as `python -m handler_cli.server` (the same `serve` function as
-`handler-cli serve`) in its own process; the test posts requests, kills it while chains are
+The server runs as `handler-cli serve` (through `python -m handler_cli`) in its own process,
+with its worker process; the test posts requests, kills it while chains are
 half done, restarts it, and counts what the backends hold: one ticket and two e-mails per
 accepted request, nothing lost, nothing doubled, nothing left running.
 """
@@ -38,7 +38,7 @@ def serve_process(data_dir: Path, log: Path, **env: str) -> Iterator[tuple[subpr
                             HANDLER_QUEUE_RETRY_SECONDS="0.2", **env)
     with log.open("ab") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "handler_cli.server", "--port", str(port), "--workers", "2",
+            [sys.executable, "-m", "handler_cli", "serve", "--port", str(port), "--workers", "2",
              "--shutdown-timeout", "10"],
             env=environ, stdout=sink, stderr=sink,
         )
