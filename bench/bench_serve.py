@@ -256,7 +256,7 @@ def main() -> int:
         print(json.dumps(report, indent=2))
     else:
         print(f"{args.requests} posts x {args.rounds} rounds, concurrency {args.concurrency}, "
-              f"serve with {args.workers} worker thread(s), {report['auth']} auth, "
+              f"serve with {args.workers} worker thread(s) (in its worker process), {report['auth']} auth, "
               f"{os.cpu_count()} CPUs (median round shown)")
         print(f"{'endpoint':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}  codes  rounds req/s")
         for s in stats:
