@@ -193,3 +193,25 @@ def test_template_override_folder_wins(environ: dict[str, str], tmp_path: Path) 
     (msg,) = outbox(ctx)
     assert msg["Subject"] == f"[Ticket #{doc.ticket_id}] Reçu"
     assert msg.get_body(("plain",)).get_content().strip() == f"Ticket {doc.ticket_id} : merci !"
+
+
+def test_two_processes_sharing_the_local_crm_number_tickets_without_clashes(
+    settings: object,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from handler_cli.services import TicketDraft
+    from handler_cli.services.crm.local import LocalCRM
+
+    path = settings.data_dir / "crm.sqlite3"  # type: ignore[attr-defined]
+    crms = [LocalCRM(path), LocalCRM(path)]  # two connections, as two processes have
+
+    def create(n: int) -> str:
+        draft = TicketDraft(request_id=f"req_{n % 30}", subject="s", content="c",
+                            priority="MEDIUM", contact_id=None)
+        return crms[n % 2].create_ticket(draft)
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(create, range(120)))
+    assert len(set(ids)) == 30 and min(map(int, ids)) == 1001
+    assert all(ids[n] == ids[n % 30] for n in range(120))

@@ -75,19 +75,18 @@ class LocalCRM:
         return str(row["id"]) if row else None
 
     def create_ticket(self, draft: TicketDraft) -> str:
-        existing = self.find_ticket(draft.request_id)
-        if existing is not None:
-            return existing
-        with self._lock:
-            count = self._db.execute("SELECT COUNT(*) FROM tickets").fetchone()[0]
-            new_id = None if count else FIRST_TICKET_ID
-            cur = self._db.execute(
-                "INSERT INTO tickets (id, request_id, contact_id, subject, content, priority,"
-                " properties, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (new_id, draft.request_id, draft.contact_id, draft.subject, draft.content,
-                 draft.priority, json.dumps(draft.properties), _now(), _now()),
-            )
-            return str(cur.lastrowid)
+        # One statement picks the next id and inserts, atomically even across processes;
+        # the unique request_id makes a second create for the same request a no-op.
+        self._exec(
+            "INSERT INTO tickets (id, request_id, contact_id, subject, content, priority,"
+            " properties, created_at, updated_at) VALUES ((SELECT COALESCE(MAX(id), ?) + 1"
+            " FROM tickets), ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(request_id) DO NOTHING",
+            (FIRST_TICKET_ID - 1, draft.request_id, draft.contact_id, draft.subject,
+             draft.content, draft.priority, json.dumps(draft.properties), _now(), _now()),
+        )
+        ticket_id = self.find_ticket(draft.request_id)
+        assert ticket_id is not None
+        return ticket_id
 
     def _ticket_row(self, ticket_id: str) -> sqlite3.Row:
         row = self._one("SELECT * FROM tickets WHERE id = ?", (ticket_id,))
