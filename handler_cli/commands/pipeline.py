@@ -174,10 +174,19 @@ def step_command(step: Step) -> Callable[..., None]:
         f"{step.summary}\n\nReads request documents (JSON object or JSON Lines) and writes them "
         f"back on stdout with this step's fields added. A document that already has them is "
         f"passed through unchanged, so re-running never repeats a side effect.\n\n"
-        f"Example: cat samples/modelisation_simple.json | handler-cli classify | "
-        f"handler-cli {step.name}"
+        f"Example: `{_example(step)}`"
     )
     return command
+
+
+def _example(step: Step) -> str:
+    """The shortest pipe that brings a sample to this step."""
+    if step not in PIPELINE:
+        return f"handler-cli {step.name} validated.jsonl  (documents the client validated)"
+    before = PIPELINE[: PIPELINE.index(step) + 1]
+    return "handler-cli " + " | handler-cli ".join(
+        [f"{before[0].name} samples/modelisation_simple.json", *(s.name for s in before[1:])]
+    )
 
 
 def run(
