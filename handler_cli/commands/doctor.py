@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from handler_cli.context import Context
 
 SERVICE_SETTINGS = {
     "crm": ("hubspot_access_token", "hubspot_base_url", "hubspot_portal_id", "hubspot_pipeline",
@@ -16,6 +19,8 @@ SERVICE_SETTINGS = {
     "mailer": ("smtp_host", "smtp_port", "smtp_user", "smtp_password", "smtp_security",
                "mail_from", "admin_email"),
     "llm": ("anthropic_api_key", "anthropic_base_url", "handler_llm_model"),
+    "replies": ("handler_reply_sources", "imap_host", "imap_port", "imap_user", "imap_password",
+                "imap_folder", "imap_security"),
 }
 
 
@@ -52,22 +57,33 @@ def doctor(
     print(f"strict mode: {'on' if settings.handler_strict else 'off'}", file=out)
     for service, names in SERVICE_SETTINGS.items():
         try:
-            backend = getattr(ctx, service)
+            backends = _backends(ctx, service)
         except ConfigError as exc:
             print(f"\n{service}: ERROR {exc}", file=out)
             failures += 1
             continue
-        label = backend.describe() if backend is not None else "none (keywords and form type only)"
-        print(f"\n{service}: {label}", file=out)
+        labels = [b.describe() for b in backends] or ["none (keywords and form type only)"]
+        print(f"\n{service}: {'; '.join(labels)}", file=out)
         for name in names:
             source = settings.sources.get(name)
             if source:
                 print(f"  {name.upper()} = {mask(name, getattr(settings, name))}  [{source}]",
                       file=out)
-        if check and backend is not None and hasattr(backend, "check"):
-            try:
-                print(f"  check: ok — {backend.check()}", file=out)
-            except ServiceError as exc:
-                print(f"  check: FAILED — {exc}", file=out)
-                failures += 1
+        for backend in backends:
+            if check and hasattr(backend, "check"):
+                try:
+                    print(f"  check: ok — {backend.check()}", file=out)
+                except ServiceError as exc:
+                    print(f"  check: FAILED — {exc}", file=out)
+                    failures += 1
     raise typer.Exit(1 if failures else 0)
+
+
+def _backends(ctx: Context, service: str) -> list[Any]:
+    """The backend(s) in use for a service: the reply sources are several, the LLM optional."""
+    if service == "replies":
+        from handler_cli.replies import build_sources
+
+        return list(build_sources(ctx))
+    backend = getattr(ctx, service)
+    return [] if backend is None else [backend]
