@@ -22,6 +22,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal
 
+from handler_cli.lexicon import PhraseMatcher
 from handler_cli.text import fold
 
 if TYPE_CHECKING:
@@ -96,20 +97,6 @@ class _Term:
     order: bool
     start_only: bool
     no_flip: bool  # the phrase holds its own negation ("pas de souci", "non merci")
-    size: int
-    rest: tuple[tuple[frozenset[str], tuple[str, ...]], ...]
-
-
-def _word(alternatives: str, term: str) -> tuple[frozenset[str], tuple[str, ...]]:
-    exact: set[str] = set()
-    prefixes: list[str] = []
-    for alt in alternatives.split("|"):
-        star = alt.endswith("*")
-        token = fold(alt[:-1] if star else alt)
-        if not token or " " in token:
-            raise ValueError(f"reply lexicon: '{term}': '{alt}' is not a single word")
-        (prefixes.append(token) if star else exact.add(token))
-    return frozenset(exact), tuple(prefixes)
 
 
 class ReplyLexicon:
@@ -127,8 +114,7 @@ class ReplyLexicon:
         self.negators_after = frozenset(data.get("negators_after", ()))
         self.contrast = frozenset(data.get("contrast", ()))
         self._self_negating = self.negators | {"plus", "sans"}
-        self.exact: dict[str, list[_Term]] = {}
-        self.prefix: dict[str, list[_Term]] = {}
+        self.matcher: PhraseMatcher[_Term] = PhraseMatcher("reply lexicon")
         seen: set[str] = set()
         for group in data["groups"]:
             for raw in group["terms"]:
@@ -136,44 +122,16 @@ class ReplyLexicon:
                 if text in seen:
                     raise ValueError(f"reply lexicon: '{text}' is listed twice")
                 seen.add(text)
-                words = text.replace("'", " ").replace("-", " ").split()
-                patterns = [_word(w, text) for w in words]
-                no_flip = any(exact & self._self_negating for exact, _ in patterns)
+                words = self.matcher.words(text)
+                no_flip = any(word.exact & self._self_negating for word in words)
                 term = _Term(text, group.get("intent"), float(weight), bool(group.get("order")),
-                             bool(group.get("start_only")), no_flip, len(words),
-                             tuple(patterns[1:]))
-                first_exact, first_prefixes = patterns[0]
-                for token in first_exact:
-                    self.exact.setdefault(token, []).append(term)
-                for stem in first_prefixes:
-                    self.prefix.setdefault(stem, []).append(term)
-        for terms in (*self.exact.values(), *self.prefix.values()):
-            terms.sort(key=lambda t: -t.size)
-
-    def _candidates(self, token: str) -> list[_Term]:
-        found = list(self.exact.get(token, ()))
-        found.extend(t for stem, terms in self.prefix.items() if token.startswith(stem)
-                     for t in terms)
-        found.sort(key=lambda t: -t.size)
-        return found
+                             bool(group.get("start_only")), no_flip)
+                self.matcher.add(text, term, words=words)
 
     def scan(self, tokens: list[str]) -> list[tuple[int, int, _Term]]:
         """(start, end, term) for each phrase found, longest first, left to right."""
-        found: list[tuple[int, int, _Term]] = []
-        i, n = 0, len(tokens)
-        while i < n:
-            step = 1
-            for term in self._candidates(tokens[i]):
-                end = i + term.size
-                if end > n:
-                    continue
-                if all(tokens[i + k] in exact or (prefixes and tokens[i + k].startswith(prefixes))
-                       for k, (exact, prefixes) in enumerate(term.rest, 1)):
-                    found.append((i, end, term))
-                    step = term.size
-                    break
-            i += step
-        return found
+        return [(start, end, phrase.payload)
+                for start, end, phrase, _ in self.matcher.scan(tokens)]
 
 
 @lru_cache(maxsize=1)

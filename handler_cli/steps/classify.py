@@ -38,6 +38,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from handler_cli.document import Classification
+from handler_cli.lexicon import Phrase, PhraseMatcher
 from handler_cli.text import fold
 
 if TYPE_CHECKING:
@@ -49,25 +50,18 @@ log = logging.getLogger("handler_cli")
 CONFIDENCE_THRESHOLD = 0.70
 LABELS: tuple[RequestType, RequestType] = ("SUPPORT", "MODELISATION")
 _UNITS = ("mm", "cm")
-_MEMO_LIMIT = 200_000
 _LLM_MAX_CHARS = 6000
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False)
 class Term:
-    """One lexicon entry, compiled: the first word's test is in the index, the rest here."""
+    """What one lexicon entry is worth; the matching itself is `handler_cli.lexicon`'s."""
 
     text: str
     label: str | None  # None for neutral phrases (weight 0)
     group: str
     role: str
     weight: float
-    size: int
-    # For words 2..n: (exact alternatives, prefix alternatives).
-    rest: tuple[tuple[frozenset[str], tuple[str, ...]], ...]
-    exact_first: bool
-    stem_length: int
-    fuzzy: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,47 +73,20 @@ class _Damping:
     why: str
 
 
-def _split_word(word: str, where: str) -> tuple[frozenset[str], tuple[str, ...]]:
-    """'a|b*' -> ({'a'}, ('b',)); every alternative must fold to a single token."""
-    exact: set[str] = set()
-    prefixes: list[str] = []
-    for alt in word.split("|"):
-        star = alt.endswith("*")
-        word = alt[:-1] if star else alt
-        # Most entries are written folded already; fold() only the others (load time).
-        token = word if word.isascii() and word.isalnum() and word == word.lower() else fold(word)
-        if not token or " " in token:
-            raise ValueError(f"lexicon: {where}: '{alt}' is not a single word")
-        if star:
-            prefixes.append(token)
-        else:
-            exact.add(token)
-    return frozenset(exact), tuple(prefixes)
+def _unit_alias(token: str) -> str:
+    """"90cm" is looked up as "cm", as if written "90 cm"."""
+    if token[:1].isdigit() and token.endswith(_UNITS) and token[:-2].isdigit():
+        return token[-2:]
+    return token
 
 
-def _within_one_edit(a: str, b: str) -> bool:
-    """True when `b` is `a` with one letter added, dropped, replaced or two swapped."""
-    la, lb = len(a), len(b)
-    if abs(la - lb) > 1:
-        return False
-    if la == lb:
-        diff = [i for i in range(la) if a[i] != b[i]]
-        if len(diff) == 1:
-            return True
-        return (
-            len(diff) == 2 and diff[1] == diff[0] + 1
-            and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]]
-        )
-    if la > lb:
-        a, b = b, a
-    i = 0
-    while i < len(a) and a[i] == b[i]:
-        i += 1
-    return a[i:] == b[i + 1:]
+# A hit: the best factor a matched term got so far, and the words that matched it. Keyed by
+# the compiled phrase (one per first-word alternative), as each counts once.
+Hits = dict[Phrase[Term], tuple[float, str]]
 
 
 class Lexicon:
-    """The compiled lexicon: an index by first word, and a per-token memo of candidates."""
+    """The compiled lexicon: weights, factors and damping rules over a `PhraseMatcher`."""
 
     def __init__(self, data: dict[str, Any]) -> None:
         self.smoothing = float(data.get("smoothing", 1.0))
@@ -127,25 +94,24 @@ class Lexicon:
         self.file_name_factor = float(data.get("file_name_factor", 0.5))
         self.fuzzy_factor = float(data.get("fuzzy_factor", 0.75))
         self.fuzzy_min_length = int(data.get("fuzzy_min_length", 7))
-        self.exact: dict[str, list[Term]] = {}
-        self.prefix: dict[int, dict[str, list[Term]]] = {}
-        # Single-word terms open to one-typo matches, by first letter: (word, is_stem, term).
-        self.fuzzy_words: dict[str, list[tuple[str, bool, Term]]] = {}
-        self._memo: dict[str, tuple[tuple[Term, bool], ...]] = {}
+        self.matcher: PhraseMatcher[Term] = PhraseMatcher(
+            "lexicon", fuzzy_min_length=self.fuzzy_min_length, alias=_unit_alias)
         seen: dict[str, str] = {}
         for group in data["groups"]:
             name = group["name"]
             label = group.get("label")
             if label is not None and label not in LABELS:
                 raise ValueError(f"lexicon: group {name}: unknown label {label!r}")
+            role = group.get("role", "signal")
+            fuzzy = bool(group.get("fuzzy", False))
             for raw in group["terms"]:
                 text, weight = (raw, group["weight"]) if isinstance(raw, str) else raw
                 key = " ".join(text.split())
                 if key in seen:
                     raise ValueError(f"lexicon: '{text}' is in both {seen[key]} and {name}")
                 seen[key] = name
-                self._add(text, label, name, group.get("role", "signal"), float(weight),
-                          bool(group.get("fuzzy", False)))
+                term = Term(text, label, name, role, float(weight))
+                self.matcher.add(text, term, fuzzy=fuzzy, rank=term.weight)
         files = data.get("files", {})
         self.file_label: str = files.get("label", "MODELISATION")
         self.file_role: str = files.get("role", "file")
@@ -165,96 +131,14 @@ class Lexicon:
             for d in data.get("damping", [])
         ]
 
-    def _add(
-        self, text: str, label: str | None, group: str, role: str, weight: float, fuzzy: bool
-    ) -> None:
-        words = text.replace("'", " ").replace("\u2019", " ").replace("-", " ").split()
-        if not words:
-            raise ValueError(f"lexicon: group {group}: empty term")
-        patterns = [_split_word(w, f"'{text}'") for w in words]
-        (first_exact, first_prefixes), rest = patterns[0], tuple(patterns[1:])
-        for token in first_exact:
-            term = Term(text, label, group, role, weight, len(words), rest, True, len(token),
-                        fuzzy and len(words) == 1 and len(token) >= self.fuzzy_min_length)
-            self.exact.setdefault(token, []).append(term)
-            if term.fuzzy:
-                self.fuzzy_words.setdefault(token[0], []).append((token, False, term))
-        for stem in first_prefixes:
-            term = Term(text, label, group, role, weight, len(words), rest, False, len(stem),
-                        fuzzy and len(words) == 1 and len(stem) >= self.fuzzy_min_length)
-            self.prefix.setdefault(len(stem), {}).setdefault(stem, []).append(term)
-            if term.fuzzy:
-                self.fuzzy_words.setdefault(stem[0], []).append((stem, True, term))
-
-    def candidates(self, token: str) -> tuple[tuple[Term, bool], ...]:
-        """Terms whose first word matches `token`, best first, with a 'by typo' flag."""
-        found = self._memo.get(token)
-        if found is not None:
-            return found
-        lookup = token
-        if token[:1].isdigit() and token.endswith(_UNITS) and token[:-2].isdigit():
-            lookup = token[-2:]  # "90cm" reads as "90 cm"
-        terms = list(self.exact.get(lookup, ()))
-        for length, stems in self.prefix.items():
-            if len(lookup) >= length:
-                terms.extend(stems.get(lookup[:length], ()))
-        result: tuple[tuple[Term, bool], ...]
-        if terms:
-            terms.sort(key=lambda t: (-t.size, not t.exact_first, -t.stem_length, -t.weight))
-            result = tuple((t, False) for t in terms)
-        elif len(lookup) >= self.fuzzy_min_length:
-            result = tuple((t, True) for t in self._fuzzy(lookup))
-        else:
-            result = ()
-        if len(self._memo) >= _MEMO_LIMIT:
-            self._memo.clear()
-        self._memo[token] = result
-        return result
-
-    def _fuzzy(self, token: str) -> list[Term]:
-        hits: list[Term] = []
-        for word, is_stem, term in self.fuzzy_words.get(token[0], ()):
-            if is_stem:
-                n = len(word)
-                ok = any(
-                    _within_one_edit(token[:k], word) for k in (n - 1, n, n + 1)
-                    if k <= len(token)
-                )
-            else:
-                ok = _within_one_edit(token, word)
-            if ok:
-                hits.append(term)
-        return hits
-
-    def scan(
-        self, tokens: Sequence[str], factor: float, hits: dict[Term, tuple[float, str]]
-    ) -> None:
+    def scan(self, tokens: Sequence[str], factor: float, hits: Hits) -> None:
         """Add each term found in `tokens` to `hits`: its best factor so far, and the words."""
-        i, n = 0, len(tokens)
         fuzzy_factor = self.fuzzy_factor
-        while i < n:
-            cands = self.candidates(tokens[i])
-            step = 1
-            for term, by_typo in cands:
-                size = term.size
-                if size > 1:
-                    if i + size > n:
-                        continue
-                    ok = True
-                    for k, (exact, prefixes) in enumerate(term.rest, 1):
-                        tok = tokens[i + k]
-                        if tok not in exact and not (prefixes and tok.startswith(prefixes)):
-                            ok = False
-                            break
-                    if not ok:
-                        continue
-                f = factor * fuzzy_factor if by_typo else factor
-                best = hits.get(term)
-                if best is None or best[0] < f:
-                    hits[term] = (f, " ".join(tokens[i:i + size]))
-                step = size
-                break
-            i += step
+        for start, end, phrase, by_typo in self.matcher.scan(tokens):
+            f = factor * fuzzy_factor if by_typo else factor
+            best = hits.get(phrase)
+            if best is None or best[0] < f:
+                hits[phrase] = (f, " ".join(tokens[start:end]))
 
 
 @lru_cache(maxsize=1)
@@ -292,7 +176,7 @@ def score_request(
 ) -> KeywordScore:
     """Score a request's text and attachments against the lexicon (no I/O, ~tens of µs)."""
     lex = lexicon or load_lexicon()
-    hits: dict[Term, tuple[float, str]] = {}
+    hits: Hits = {}
     lex.scan(fold(objet).split(), lex.title_factor, hits)
     lex.scan(fold(description).split(), 1.0, hits)
     file_hits: dict[str, float] = {}
@@ -305,7 +189,8 @@ def score_request(
 
     # Evidence by (label, role) before damping, to decide which damping rules apply.
     by_role: dict[tuple[str, str], float] = {}
-    for term, (factor, _) in hits.items():
+    for phrase, (factor, _) in hits.items():
+        term = phrase.payload
         if term.label is not None and term.weight > 0:
             key = (term.label, term.role)
             by_role[key] = by_role.get(key, 0.0) + term.weight * factor
@@ -324,7 +209,8 @@ def score_request(
 
     scores = {"SUPPORT": 0.0, "MODELISATION": 0.0}
     contributions: dict[str, list[tuple[float, str]]] = {"SUPPORT": [], "MODELISATION": []}
-    for term, (factor, words) in hits.items():
+    for phrase, (factor, words) in hits.items():
+        term = phrase.payload
         if term.label is None or term.weight <= 0:
             continue
         value = term.weight * factor * discounts.get((term.label, term.role), 1.0)

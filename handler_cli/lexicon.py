@@ -1,0 +1,220 @@
+"""One phrase matcher for every keyword reader (classification, reply intent).
+
+Terms are written the way a person tunes a lexicon: a word (`bug`), a prefix (`modelis*`),
+alternatives (`fichier|piece*`) and phrases of several such words (`ne s affiche pas`). They
+are compiled into an index by first word; `scan` walks a token list (from
+`handler_cli.text.fold`) left to right and keeps, at each position, the best term: the
+longest phrase first, then an exact first word before a prefix, a longer prefix before a
+shorter one, then the higher `rank`. A matched phrase consumes its words.
+
+Optionally, single-word terms added with `fuzzy=True` also match a token one typo away
+(a letter added, dropped, replaced, or two swapped) when no term matches it exactly.
+What a match is worth (weights, negation, damping) stays with each reader: a term carries
+an opaque `payload`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, NamedTuple, TypeAlias, TypeVar
+
+from handler_cli.text import fold
+
+T = TypeVar("T")
+
+_MEMO_LIMIT = 200_000
+
+
+class Word(NamedTuple):
+    """One position of a term: the tokens it accepts as is, and the prefixes it accepts."""
+
+    exact: frozenset[str]
+    prefixes: tuple[str, ...]
+
+@dataclass(slots=True, eq=False)
+class Phrase(Generic[T]):
+    """One compiled term for one alternative of its first word (hashable by identity)."""
+
+    text: str
+    payload: T
+    size: int  # number of words
+    rest: tuple[Word, ...]  # words 2..n
+    exact_first: bool  # the first word is an exact word, not a prefix
+    stem_length: int  # length of the first word (or prefix)
+    fuzzy: bool  # open to one-typo matches
+    rank: float  # last tie-breaker between candidates, higher first
+
+
+# A term found in a token list: (start, end, phrase, by_typo) for tokens[start:end], by_typo
+# when the first word matched with a typo. A plain tuple: scanning is on the hot path.
+Match: TypeAlias = tuple[int, int, Phrase[T], bool]
+
+
+def split_words(text: str) -> list[str]:
+    """A term's words: apostrophes and hyphens separate words, as `fold` does."""
+    return text.replace("'", " ").replace("\u2019", " ").replace("-", " ").split()
+
+
+def _within_one_edit(a: str, b: str) -> bool:
+    """True when `b` is `a` with one letter added, dropped, replaced or two swapped."""
+    la, lb = len(a), len(b)
+    if abs(la - lb) > 1:
+        return False
+    if la == lb:
+        diff = [i for i in range(la) if a[i] != b[i]]
+        if len(diff) == 1:
+            return True
+        return (
+            len(diff) == 2 and diff[1] == diff[0] + 1
+            and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]]
+        )
+    if la > lb:
+        a, b = b, a
+    i = 0
+    while i < len(a) and a[i] == b[i]:
+        i += 1
+    return a[i:] == b[i + 1:]
+
+
+class PhraseMatcher(Generic[T]):
+    """Terms indexed by first word, with a per-token memo of the candidates.
+
+    `name` prefixes load errors ("lexicon: ..."). `alias` maps a token to the one looked up
+    as a first word (e.g. "90cm" -> "cm"); the following words are always compared as is.
+    """
+
+    def __init__(
+        self,
+        name: str = "lexicon",
+        *,
+        fuzzy_min_length: int = 7,
+        alias: Callable[[str], str] | None = None,
+    ) -> None:
+        self.name = name
+        self.fuzzy_min_length = fuzzy_min_length
+        self._alias = alias
+        self._exact: dict[str, list[Phrase[T]]] = {}
+        self._prefix: dict[int, dict[str, list[Phrase[T]]]] = {}  # by prefix length
+        # Single-word terms open to typos, by first letter: (word, is_prefix, phrase).
+        self._fuzzy: dict[str, list[tuple[str, bool, Phrase[T]]]] = {}
+        self._memo: dict[str, tuple[tuple[Phrase[T], bool], ...]] = {}
+
+    # -- compiling -----------------------------------------------------------------------------
+
+    def words(self, text: str) -> tuple[Word, ...]:
+        """Parse a term: words separated by spaces, '|' alternatives, '*' for a prefix."""
+        words = split_words(text)
+        if not words:
+            raise ValueError(f"{self.name}: empty term {text!r}")
+        return tuple(self._word(w, text) for w in words)
+
+    def _word(self, word: str, text: str) -> Word:
+        exact: set[str] = set()
+        prefixes: list[str] = []
+        for alt in word.split("|"):
+            star = alt.endswith("*")
+            bare = alt[:-1] if star else alt
+            # Most entries are written folded already; fold() only the others (load time).
+            token = bare if bare.isascii() and bare.isalnum() and bare == bare.lower() else fold(bare)
+            if not token or " " in token:
+                raise ValueError(f"{self.name}: '{text}': '{alt}' is not a single word")
+            if star:
+                prefixes.append(token)
+            else:
+                exact.add(token)
+        return Word(frozenset(exact), tuple(prefixes))
+
+    def add(
+        self, text: str, payload: T, *, words: Sequence[Word] | None = None,
+        fuzzy: bool = False, rank: float = 0.0,
+    ) -> None:
+        """Index the term `text` (or the `words` already parsed from it) with its payload."""
+        words = self.words(text) if words is None else tuple(words)
+        if not words:
+            raise ValueError(f"{self.name}: empty term {text!r}")
+        size, rest = len(words), tuple(words[1:])
+        first = words[0]
+        for token in first.exact:
+            phrase = Phrase(text, payload, size, rest, True, len(token),
+                            fuzzy and size == 1 and len(token) >= self.fuzzy_min_length, rank)
+            self._exact.setdefault(token, []).append(phrase)
+            if phrase.fuzzy:
+                self._fuzzy.setdefault(token[0], []).append((token, False, phrase))
+        for stem in first.prefixes:
+            phrase = Phrase(text, payload, size, rest, False, len(stem),
+                            fuzzy and size == 1 and len(stem) >= self.fuzzy_min_length, rank)
+            self._prefix.setdefault(len(stem), {}).setdefault(stem, []).append(phrase)
+            if phrase.fuzzy:
+                self._fuzzy.setdefault(stem[0], []).append((stem, True, phrase))
+        self._memo.clear()
+
+    # -- matching ------------------------------------------------------------------------------
+
+    def candidates(self, token: str) -> tuple[tuple[Phrase[T], bool], ...]:
+        """Terms whose first word accepts `token`, best first, each with a 'by typo' flag."""
+        found = self._memo.get(token)
+        if found is not None:
+            return found
+        lookup = self._alias(token) if self._alias is not None else token
+        phrases = list(self._exact.get(lookup, ()))
+        for length, stems in self._prefix.items():
+            if len(lookup) >= length:
+                phrases.extend(stems.get(lookup[:length], ()))
+        result: tuple[tuple[Phrase[T], bool], ...]
+        if phrases:
+            phrases.sort(key=lambda p: (-p.size, not p.exact_first, -p.stem_length, -p.rank))
+            result = tuple((p, False) for p in phrases)
+        elif self._fuzzy and len(lookup) >= self.fuzzy_min_length:
+            result = tuple((p, True) for p in self._typo_matches(lookup))
+        else:
+            result = ()
+        if len(self._memo) >= _MEMO_LIMIT:
+            self._memo.clear()
+        self._memo[token] = result
+        return result
+
+    def _typo_matches(self, token: str) -> list[Phrase[T]]:
+        hits: list[Phrase[T]] = []
+        for word, is_prefix, phrase in self._fuzzy.get(token[0], ()):
+            if is_prefix:
+                n = len(word)
+                ok = any(
+                    _within_one_edit(token[:k], word) for k in (n - 1, n, n + 1)
+                    if k <= len(token)
+                )
+            else:
+                ok = _within_one_edit(token, word)
+            if ok:
+                hits.append(phrase)
+        return hits
+
+    def scan(self, tokens: Sequence[str]) -> list[Match[T]]:
+        """Every term found in `tokens`, left to right, the best one at each position."""
+        found: list[Match[T]] = []
+        i, n = 0, len(tokens)
+        memo, candidates = self._memo, self.candidates
+        while i < n:
+            step = 1
+            token = tokens[i]
+            found_here = memo.get(token)  # inlined memo hit: this loop runs once per token
+            if found_here is None:
+                found_here = candidates(token)
+            for phrase, by_typo in found_here:
+                size = phrase.size
+                if size > 1:
+                    if i + size > n:
+                        continue
+                    ok = True
+                    for k, (exact, prefixes) in enumerate(phrase.rest, 1):
+                        tok = tokens[i + k]
+                        if tok not in exact and not (prefixes and tok.startswith(prefixes)):
+                            ok = False
+                            break
+                    if not ok:
+                        continue
+                found.append((i, i + size, phrase, by_typo))
+                step = size
+                break
+            i += step
+        return found

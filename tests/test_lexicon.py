@@ -1,0 +1,106 @@
+"""The shared phrase matcher: words, prefixes, phrases, longest match first, typos."""
+
+from __future__ import annotations
+
+import pytest
+
+from handler_cli.lexicon import PhraseMatcher
+from handler_cli.text import fold
+
+
+def found(matcher: PhraseMatcher[str], text: str) -> list[tuple[str, str, bool]]:
+    """(payload, matched words, by typo) for each match in the folded text."""
+    tokens = fold(text).split()
+    return [(phrase.payload, " ".join(tokens[start:end]), by_typo)
+            for start, end, phrase, by_typo in matcher.scan(tokens)]
+
+
+def test_words_prefixes_and_alternatives_match_folded_tokens() -> None:
+    m: PhraseMatcher[str] = PhraseMatcher()
+    m.add("bug", "bug")
+    m.add("modélis*", "modelling")
+    m.add("facture|reçu", "billing")
+
+    assert found(m, "Un BUG dans la modélisation, et mon reçu ?") == [
+        ("bug", "bug", False), ("modelling", "modelisation", False), ("billing", "recu", False)]
+
+
+def test_the_longest_phrase_wins_and_consumes_its_words() -> None:
+    m: PhraseMatcher[str] = PhraseMatcher()
+    m.add("affiche", "word")
+    m.add("s affiche pas", "phrase")
+    m.add("pas", "negator")
+
+    assert found(m, "le modèle ne s'affiche pas") == [("phrase", "s affiche pas", False)]
+
+
+def test_an_exact_first_word_beats_a_prefix_and_a_longer_prefix_a_shorter_one() -> None:
+    m: PhraseMatcher[str] = PhraseMatcher()
+    m.add("mod*", "short prefix")
+    m.add("modele*", "long prefix")
+    m.add("modeles", "exact")
+
+    assert found(m, "modeles modelerie modulaire") == [
+        ("exact", "modeles", False), ("long prefix", "modelerie", False),
+        ("short prefix", "modulaire", False)]
+
+
+def test_rank_breaks_ties_between_equally_specific_terms() -> None:
+    m: PhraseMatcher[str] = PhraseMatcher()
+    m.add("rendu", "low", rank=1)
+    m.add("rendu|rendus", "high", rank=3)
+
+    assert found(m, "rendu") == [("high", "rendu", False)]
+
+
+def test_a_phrase_cut_short_by_the_end_of_the_text_falls_back_to_a_shorter_term() -> None:
+    m: PhraseMatcher[str] = PhraseMatcher()
+    m.add("pas de souci", "phrase")
+    m.add("pas", "word")
+
+    assert found(m, "pas de") == [("word", "pas", False)]
+
+
+def test_a_one_letter_typo_matches_only_long_fuzzy_words_without_an_exact_match() -> None:
+    m: PhraseMatcher[str] = PhraseMatcher(fuzzy_min_length=7)
+    m.add("paiement", "payment", fuzzy=True)
+    m.add("facture", "invoice")  # not fuzzy
+    m.add("telecharg*", "download", fuzzy=True)
+
+    assert found(m, "paiemnet factrue telehcargement") == [
+        ("payment", "paiemnet", True), ("download", "telehcargement", True)]
+    assert found(m, "paiements") == [("payment", "paiements", True)]
+    assert found(m, "pain") == []
+
+
+def test_an_alias_changes_only_the_first_word_looked_up() -> None:
+    m: PhraseMatcher[str] = PhraseMatcher(alias=lambda t: "cm" if t.endswith("cm") else t)
+    m.add("cm", "unit")
+
+    assert found(m, "90cm") == [("unit", "90cm", False)]
+
+
+def test_terms_added_after_a_scan_are_found_next_time() -> None:
+    m: PhraseMatcher[str] = PhraseMatcher()
+    assert found(m, "devis") == []
+
+    m.add("devis", "quote")
+
+    assert found(m, "devis") == [("quote", "devis", False)]
+
+
+@pytest.mark.parametrize("text", ["", "  ", "fichier|pièce_jointe manquant"])
+def test_a_term_that_is_not_made_of_single_words_is_refused(text: str) -> None:
+    m: PhraseMatcher[str] = PhraseMatcher("my lexicon")
+
+    with pytest.raises(ValueError, match="my lexicon"):
+        m.add(text, "x")
+
+
+def test_parsed_words_expose_their_alternatives_to_the_reader() -> None:
+    m: PhraseMatcher[str] = PhraseMatcher()
+
+    words = m.words("non|pas merci*")
+
+    assert [(sorted(w.exact), w.prefixes) for w in words] == [
+        (["non", "pas"], ()), ([], ("merci",))]
