@@ -15,7 +15,6 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,26 +23,8 @@ MIN_ACCURACY = 0.95
 MAX_LLM_SHARE = 0.15
 LABELS = ("SUPPORT", "MODELISATION")
 
-
-@dataclass
-class Report:
-    total: int = 0
-    correct: int = 0
-    to_llm: int = 0
-    # confusion[expected][predicted]
-    confusion: dict[str, dict[str, int]] = field(
-        default_factory=lambda: {e: dict.fromkeys(LABELS, 0) for e in LABELS}
-    )
-    errors: list[str] = field(default_factory=list)
-    unsure: list[str] = field(default_factory=list)
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / self.total if self.total else 0.0
-
-    @property
-    def llm_share(self) -> float:
-        return self.to_llm / self.total if self.total else 0.0
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _eval import Report, print_confusion  # noqa: E402  (run as a script or loaded by path)
 
 
 def evaluate(path: Path = DEFAULT_DATA) -> Report:
@@ -57,7 +38,7 @@ def evaluate(path: Path = DEFAULT_DATA) -> Report:
     data_dir = Path(tempfile.mkdtemp(prefix="handler-eval-"))
     settings = load_settings(environ={}, env_file=Path(os.devnull), handler_data_dir=data_dir)
     ctx = Context(settings)
-    report = Report()
+    report = Report(LABELS)
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -68,17 +49,13 @@ def evaluate(path: Path = DEFAULT_DATA) -> Report:
         unsure = keywords.label is None or keywords.confiance < CONFIDENCE_THRESHOLD
         run(doc, ctx)
         predicted = doc.type_final or "?"
-        report.total += 1
-        report.to_llm += unsure
+        right = report.tally(expected, predicted, unsure)
         if unsure:
             report.unsure.append(
                 f"line {number}: {expected}, keywords {keywords.label} {keywords.confiance:.2f} "
                 f"{keywords.scores} {doc.objet!r}"
             )
-        report.confusion[expected][predicted] += 1
-        if predicted == expected:
-            report.correct += 1
-        else:
+        if not right:
             why = doc.classification.reasons if doc.classification else []
             report.errors.append(
                 f"line {number}: expected {expected}, got {predicted} "
@@ -100,11 +77,7 @@ def main() -> int:
     print(f"accuracy:  {report.accuracy:.1%}  (aim >= {MIN_ACCURACY:.0%})")
     print(f"LLM share: {report.llm_share:.1%}  (aim <= {MAX_LLM_SHARE:.0%}; confiance < 0.70)")
     print()
-    width = max(len(label) for label in LABELS) + 2
-    print("expected \\ predicted".ljust(22) + "".join(p.rjust(width) for p in LABELS))
-    for expected in LABELS:
-        row = report.confusion[expected]
-        print(expected.ljust(22) + "".join(str(row[p]).rjust(width) for p in LABELS))
+    print_confusion(report, "expected \\ predicted", 22)
     if args.errors and report.errors:
         print("\nmisclassified:")
         for error in report.errors:

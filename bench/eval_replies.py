@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,24 +20,8 @@ DEFAULT_DATA = ROOT / "tests" / "data" / "replies_eval.jsonl"
 MIN_ACCURACY = 0.95
 INTENTS = ("validation", "refus", "question", "none")
 
-
-@dataclass
-class Report:
-    total: int = 0
-    correct: int = 0
-    to_llm: int = 0
-    confusion: dict[str, dict[str, int]] = field(
-        default_factory=lambda: {e: dict.fromkeys(INTENTS, 0) for e in INTENTS}
-    )
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / self.total if self.total else 0.0
-
-    @property
-    def llm_share(self) -> float:
-        return self.to_llm / self.total if self.total else 0.0
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _eval import Report, print_confusion  # noqa: E402  (run as a script or loaded by path)
 
 
 def evaluate(path: Path = DEFAULT_DATA) -> Report:
@@ -46,19 +29,14 @@ def evaluate(path: Path = DEFAULT_DATA) -> Report:
     sys.path.insert(0, str(ROOT))
     from handler_cli.intent import read_intent
 
-    report = Report()
+    report = Report(INTENTS)
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         row = json.loads(line)
         result = read_intent(row["text"])
         expected = row["expected"]
-        report.total += 1
-        report.to_llm += result.method == "fallback"
-        report.confusion[expected][result.intent] += 1
-        if result.intent == expected:
-            report.correct += 1
-        else:
+        if not report.tally(expected, result.intent, result.method == "fallback"):
             first_line = row["text"].strip().splitlines()[0] if row["text"].strip() else ""
             report.errors.append(
                 f"line {number}: expected {expected}, got {result.intent} "
@@ -79,11 +57,7 @@ def main() -> int:
     print(f"accuracy:  {report.accuracy:.1%}  (aim >= {MIN_ACCURACY:.0%})")
     print(f"LLM share: {report.llm_share:.1%}  (confiance < 0.70)")
     print()
-    width = max(len(i) for i in INTENTS) + 2
-    print("expected \\ read".ljust(18) + "".join(i.rjust(width) for i in INTENTS))
-    for expected in INTENTS:
-        row = report.confusion[expected]
-        print(expected.ljust(18) + "".join(str(row[i]).rjust(width) for i in INTENTS))
+    print_confusion(report, "expected \\ read", 18)
     if args.errors and report.errors:
         print("\nmisread:")
         for error in report.errors:

@@ -15,7 +15,7 @@ an opaque `payload`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeAlias, TypeVar
 
@@ -80,8 +80,8 @@ def _within_one_edit(a: str, b: str) -> bool:
 class PhraseMatcher(Generic[T]):
     """Terms indexed by first word, with a per-token memo of the candidates.
 
-    `name` prefixes load errors ("lexicon: ..."). `alias` maps a token to the one looked up
-    as a first word (e.g. "90cm" -> "cm"); the following words are always compared as is.
+    `name` prefixes load errors ("lexicon: ..."). A number glued to one of the `units`
+    ("90cm") is looked up as the unit alone when it starts a term, as if written "90 cm".
     """
 
     def __init__(
@@ -89,11 +89,11 @@ class PhraseMatcher(Generic[T]):
         name: str = "lexicon",
         *,
         fuzzy_min_length: int = 7,
-        alias: Callable[[str], str] | None = None,
+        units: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.fuzzy_min_length = fuzzy_min_length
-        self._alias = alias
+        self._units = tuple(units)
         self._exact: dict[str, list[Phrase[T]]] = {}
         self._prefix: dict[int, dict[str, list[Phrase[T]]]] = {}  # by prefix length
         # Single-word terms open to typos, by first letter: (word, is_prefix, phrase).
@@ -154,13 +154,23 @@ class PhraseMatcher(Generic[T]):
     def candidates(self, token: str) -> tuple[tuple[Phrase[T], bool], ...]:
         """Terms whose first word accepts `token`, best first, each with a 'by typo' flag."""
         found = self._memo.get(token)
-        if found is not None:
-            return found
-        lookup = self._alias(token) if self._alias is not None else token
+        return found if found is not None else self._remember(token)
+
+    def _remember(self, token: str) -> tuple[tuple[Phrase[T], bool], ...]:
+        """Look the candidates of `token` up in the index and keep them in the memo."""
+        lookup = token
+        if self._units and token[:1].isdigit():
+            for unit in self._units:
+                if token.endswith(unit) and token[:-len(unit)].isdigit():
+                    lookup = unit
+                    break
         phrases = list(self._exact.get(lookup, ()))
+        width = len(lookup)
         for length, stems in self._prefix.items():
-            if len(lookup) >= length:
-                phrases.extend(stems.get(lookup[:length], ()))
+            if width >= length:
+                more = stems.get(lookup[:length])
+                if more:
+                    phrases.extend(more)
         result: tuple[tuple[Phrase[T], bool], ...]
         if phrases:
             phrases.sort(key=lambda p: (-p.size, not p.exact_first, -p.stem_length, -p.rank))
@@ -193,21 +203,22 @@ class PhraseMatcher(Generic[T]):
         """Every term found in `tokens`, left to right, the best one at each position."""
         found: list[Match[T]] = []
         i, n = 0, len(tokens)
-        memo, candidates = self._memo, self.candidates
+        memo = self._memo
+        # Hot path (runs once per token): the memo lookup is inlined, plain tuples are kept.
         while i < n:
             step = 1
             token = tokens[i]
-            found_here = memo.get(token)  # inlined memo hit: this loop runs once per token
+            found_here = memo.get(token)
             if found_here is None:
-                found_here = candidates(token)
+                found_here = self._remember(token)
             for phrase, by_typo in found_here:
                 size = phrase.size
                 if size > 1:
                     if i + size > n:
                         continue
                     ok = True
-                    for k, (exact, prefixes) in enumerate(phrase.rest, 1):
-                        tok = tokens[i + k]
+                    for k, (exact, prefixes) in enumerate(phrase.rest, i + 1):
+                        tok = tokens[k]
                         if tok not in exact and not (prefixes and tok.startswith(prefixes)):
                             ok = False
                             break

@@ -73,11 +73,11 @@ def test_a_one_letter_typo_matches_only_long_fuzzy_words_without_an_exact_match(
     assert found(m, "pain") == []
 
 
-def test_an_alias_changes_only_the_first_word_looked_up() -> None:
-    m: PhraseMatcher[str] = PhraseMatcher(alias=lambda t: "cm" if t.endswith("cm") else t)
-    m.add("cm", "unit")
+def test_a_number_glued_to_a_unit_starts_a_term_as_the_unit() -> None:
+    m: PhraseMatcher[str] = PhraseMatcher(units=("cm", "mm"))
+    m.add("cm de haut", "size")
 
-    assert found(m, "90cm") == [("unit", "90cm", False)]
+    assert found(m, "90cm de haut, 12mm, xcm") == [("size", "90cm de haut", False)]
 
 
 def test_terms_added_after_a_scan_are_found_next_time() -> None:
