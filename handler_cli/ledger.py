@@ -66,6 +66,15 @@ class Ledger:
         self._set(key, "done", result)
         return result
 
+    def do_once(self, key: str, action: Callable[[], None]) -> None:
+        """`once` for an effect with no result to keep (a note, an e-mail logged on a ticket)."""
+
+        def perform() -> str:
+            action()
+            return "done"
+
+        self.once(key, perform)
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

@@ -135,6 +135,6 @@ def send_once(
             message_id=mid, direction="OUTGOING", sender=ctx.settings.mail_from, to=to,
             subject=sent.subject, text=text, at=sent.sent_at,
         )
-        ctx.ledger.once(f"email-log:{mid}", lambda: (ctx.crm.log_email(ticket_id, record), mid)[1])
+        ctx.ledger.do_once(f"email-log:{mid}", lambda: ctx.crm.log_email(ticket_id, record))
     doc.emails[kind] = sent
     return sent

@@ -199,13 +199,16 @@ def reply_intent(
         log.error("%s", exc)
         raise typer.Exit(EXIT_USAGE) from None
     for value in read_values(stream):
-        problem = value if isinstance(value, InputError) else None
-        if problem is None:
+        if isinstance(value, InputError):
+            problem: InputError | None = value
+        else:
             line, item = value
-            if not isinstance(item, dict):
-                problem = InputError(line, [f"expected a JSON object, got {type(item).__name__}"])
-            elif not isinstance(item.get("text"), str):
-                problem = InputError(line, ["text: required, a string"])
+            problem = (
+                InputError(line, [f"expected a JSON object, got {type(item).__name__}"])
+                if not isinstance(item, dict)
+                else None if isinstance(item.get("text"), str)
+                else InputError(line, ["text: required, a string"])
+            )
         if problem is not None:
             log.error("%s", problem)
             unreadable += 1

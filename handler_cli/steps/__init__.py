@@ -64,7 +64,7 @@ def note(doc: Document, ctx: Context, text: str) -> None:
     if doc.ticket_id:
         ticket_id = doc.ticket_id
         key = f"note:{doc.request_id}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
-        ctx.ledger.once(key, lambda: (ctx.crm.add_note(ticket_id, text), "done")[1])
+        ctx.ledger.do_once(key, lambda: ctx.crm.add_note(ticket_id, text))
 
 
 def apply(step: Step, doc: Document, ctx: Context) -> bool:
