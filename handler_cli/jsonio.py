@@ -46,29 +46,36 @@ def parse_document(data: Any, line: int) -> Document | InputError:
         return InputError(line, describe_validation(exc))
 
 
-def read_values(stream: IO[str]) -> Iterator[tuple[int, Any] | InputError]:
+def read_values(stream: IO[bytes]) -> Iterator[tuple[int, Any] | InputError]:
     """Each JSON value of the stream with its line number, or an InputError for a bad line.
 
     The first non-empty line decides the framing: a complete value means JSON Lines (an
-    array on a line gives its items); otherwise the whole stream is one value.
+    array on a line gives its items); otherwise the whole stream is one value. Bytes are
+    decoded here, line by line, so a line that is not UTF-8 is reported, not a crash.
     """
     lines = iter(stream)
     numbered = enumerate(lines, start=1)
-    first_number, first = next(((n, t) for n, t in numbered if t.strip()), (0, ""))
+    first_number, first = next(((n, t) for n, t in numbered if t.strip()), (0, b""))
     if not first:
         return
     try:
         json.loads(first)
-    except json.JSONDecodeError:
-        yield from _whole(first + "".join(lines), first_number)
+    except ValueError:  # incomplete JSON, or not UTF-8: read the rest as one value
+        yield from _whole(first + b"".join(lines), first_number)
         return
     yield from _whole(first, first_number)
-    for number, text in enumerate(lines, start=first_number + 1):
-        if text.strip():
-            yield from _whole(text, number)
+    for number, raw in enumerate(lines, start=first_number + 1):
+        if raw.strip():
+            yield from _whole(raw, number)
 
 
-def _whole(text: str, line: int) -> Iterator[tuple[int, Any] | InputError]:
+def _whole(raw: bytes, line: int) -> Iterator[tuple[int, Any] | InputError]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad_line = line + raw.count(b"\n", 0, exc.start)
+        yield InputError(bad_line, [f"not valid UTF-8 (byte 0x{raw[exc.start]:02x})"])
+        return
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -79,7 +86,7 @@ def _whole(text: str, line: int) -> Iterator[tuple[int, Any] | InputError]:
         yield line, item
 
 
-def read_documents(stream: IO[str]) -> Iterator[Document | InputError]:
+def read_documents(stream: IO[bytes]) -> Iterator[Document | InputError]:
     """Yield each document, or an InputError for what could not be read."""
     for item in read_values(stream):
         yield item if isinstance(item, InputError) else parse_document(item[1], item[0])

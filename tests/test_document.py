@@ -30,7 +30,7 @@ def test_email_is_normalised_and_checked() -> None:
 
 
 def read(text: str) -> list[Document | InputError]:
-    return list(read_documents(io.StringIO(text)))
+    return list(read_documents(io.BytesIO(text.encode())))
 
 
 @pytest.mark.parametrize(
@@ -82,3 +82,12 @@ def test_a_pretty_printed_object_and_an_array_are_read_whole() -> None:
 
 def test_empty_input_gives_nothing() -> None:
     assert read("\n\n") == []
+
+
+def test_a_line_that_is_not_utf8_is_reported_and_the_others_go_on() -> None:
+    import json
+
+    good = json.dumps(sample("support")).encode()
+    items = list(read_documents(io.BytesIO(good + b"\n" + b'{"objet": "caf\xe9"}\n' + good)))
+    assert isinstance(items[0], Document) and isinstance(items[2], Document)
+    assert str(items[1]) == "line 2: not valid UTF-8 (byte 0xe9)"

@@ -38,15 +38,16 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs an
 
 
 def open_input(path: Path | None, example: str = "handler-cli classify samples/support.json"
-               ) -> IO[str]:
-    """The file named, or stdin (refused when it is a terminal: nothing was piped)."""
+               ) -> IO[bytes]:
+    """The file named, or stdin (refused when it is a terminal: nothing was piped), as bytes:
+    the reader decodes each line itself and reports one that is not UTF-8."""
     if path is None or str(path) == "-":
         if sys.stdin.isatty():
             log.error("no input: give a JSON file, or pipe JSON into stdin (e.g. `%s`)", example)
             raise typer.Exit(EXIT_USAGE)
-        return sys.stdin
+        return sys.stdin.buffer
     try:
-        return path.open(encoding="utf-8")
+        return path.open("rb")
     except OSError as exc:
         log.error("cannot read %s: %s", path, exc.strerror)
         raise typer.Exit(EXIT_USAGE) from None
@@ -77,7 +78,7 @@ def process(
         return EXIT_USAGE
     ctx = Context(settings)
     stream = open_input(path)
-    out = sys.stdout
+    out = sys.stdout.buffer  # JSON is UTF-8 (RFC 8259), whatever the terminal's locale
     tally: Counter[str] = Counter()
     summary = _Summary(show_progress and sys.stderr.isatty() and not quiet)
     try:
@@ -89,7 +90,7 @@ def process(
                 continue
             ok = run_chain(item, ctx, steps)
             tally["ok" if ok else "failed"] += 1
-            out.write(item.to_json(pretty) + "\n")
+            out.write((item.to_json(pretty) + "\n").encode())
             summary.advance(item)
     except ConfigError as exc:
         log.error("%s", exc)
