@@ -14,14 +14,13 @@ is kept with method "fallback" (unsure: callers should not start work on it).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal
 
+from handler_cli.data import load_json
 from handler_cli.lexicon import PhraseMatcher
 from handler_cli.text import fold
 
@@ -136,8 +135,7 @@ class ReplyLexicon:
 
 @lru_cache(maxsize=1)
 def load_reply_lexicon() -> ReplyLexicon:
-    raw = resources.files("handler_cli").joinpath("data/reply_lexicon.json").read_text("utf-8")
-    return ReplyLexicon(json.loads(raw))
+    return ReplyLexicon(load_json("reply_lexicon.json"))
 
 
 # -- reading ----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from handler_cli.data import DATA_DIR
 from handler_cli.document import Analysis
 from handler_cli.steps import MissingInput
 from handler_cli.text import fold
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("handler_cli")
 
-GRID_PATH = Path(__file__).resolve().parent.parent / "data" / "credit_grid.json"
+GRID_PATH = DATA_DIR / "credit_grid.json"
 
 AnalysisStatus = Literal["pending_info", "pending_credits", "pending_admin"]
 

@@ -29,14 +29,13 @@ not configured, the form's type is kept and `confiance` is the keyword share of 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from handler_cli.data import load_json
 from handler_cli.document import Classification
 from handler_cli.lexicon import Phrase, PhraseMatcher
 from handler_cli.text import fold
@@ -138,8 +137,7 @@ class Lexicon:
 @lru_cache(maxsize=1)
 def load_lexicon() -> Lexicon:
     """The packaged lexicon, parsed and indexed once per process."""
-    raw = resources.files("handler_cli").joinpath("data/lexicon.json").read_text("utf-8")
-    return Lexicon(json.loads(raw))
+    return Lexicon(load_json("lexicon.json"))
 
 
 @dataclass
