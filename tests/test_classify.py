@@ -243,7 +243,7 @@ def test_the_classify_command_loads_no_heavy_library(tmp_path: Path) -> None:
               " 'jinja2', 'starlette', 'uvicorn', 'huey', 'rich') if m in sys.modules),"
               " file=sys.stderr))\n"
               "sys.argv = ['handler-cli', 'classify']\n"
-              "from handler_cli.cli import main\nmain()\n")
+              "from handler_cli.__main__ import main\nmain()\n")
     doc = (ROOT / "samples" / "support.json").read_text(encoding="utf-8")
     result = subprocess.run([sys.executable, "-c", script], input=doc, capture_output=True,
                             text=True, env=clean_environ(tmp_path), cwd=ROOT, timeout=60)
