@@ -33,6 +33,22 @@ def test_help_lists_every_step_and_teaches_the_pipe(cli: RunCli) -> None:
     assert "cat req.json | handler-cli classify" in result.stdout
 
 
+def test_every_command_is_listed_in_its_panel_and_a_typo_gets_a_suggestion(cli: RunCli) -> None:
+    """Commands are converted lazily (handler_cli.cli); help must still show them all."""
+    from handler_cli.cli import COMMANDS
+
+    listed = cli("--help", env={"COLUMNS": "120"}).stdout
+    for name, (panel, _) in COMMANDS.items():
+        line = next((x for x in listed.splitlines() if x.startswith(f"│ {name} ")), "")
+        assert line, f"{name} missing from --help"
+        panel_line = next(x for x in listed.splitlines() if f"─ {panel} ─" in x)
+        assert listed.index(panel_line) < listed.index(line)
+    groups = cli("requests", "--help", env={"COLUMNS": "120"})
+    assert groups.returncode == 0 and " retry " in groups.stdout
+    typo = cli("clasify", input="")
+    assert typo.returncode == 2 and "Did you mean 'classify'" in typo.stderr
+
+
 def test_run_processes_a_sample_and_prints_only_json_on_stdout(cli: RunCli) -> None:
     result = cli("run", str(SAMPLES / "support.json"))
     assert result.returncode == 0, result.stderr

@@ -16,7 +16,7 @@ from typing import IO, Annotated
 
 import typer
 
-from handler_cli.steps import PIPELINE, STEPS, Step
+from handler_cli.steps import PIPELINE, Step
 
 log = logging.getLogger("handler_cli")
 
@@ -204,9 +204,3 @@ def run(
     """
     raise typer.Exit(process(input, PIPELINE, pretty=pretty, strict=strict, quiet=quiet,
                              verbose=verbose, show_progress=True))
-
-
-def register(app: typer.Typer) -> None:
-    for step in STEPS.values():
-        app.command(step.name, help=None, rich_help_panel="Pipeline steps")(step_command(step))
-    app.command("run", rich_help_panel="Pipeline")(run)
