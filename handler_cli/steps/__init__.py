@@ -73,17 +73,19 @@ def apply(step: Step, doc: Document, ctx: Context) -> bool:
     Returns True when the step succeeded (or had nothing to do). Configuration errors are
     not the document's fault and propagate to the command, which stops.
     """
-    from handler_cli.services import ServiceError
-
     try:
         result = step.load()(doc, ctx)
     except ConfigError:
         raise
-    except (ServiceError, MissingInput) as exc:
-        doc.record_error(step.name, str(exc), ctx.now())
-        log.error("%s: %s: %s", doc.request_id, step.name, exc)
-        return False
-    except Exception as exc:  # a bug must not lose the document: record it, keep going
+    except Exception as exc:
+        # Imported here, on failure only: a step that succeeds never needs the services.
+        from handler_cli.services import ServiceError
+
+        if isinstance(exc, (ServiceError, MissingInput)):
+            doc.record_error(step.name, str(exc), ctx.now())
+            log.error("%s: %s: %s", doc.request_id, step.name, exc)
+            return False
+        # A bug must not lose the document: record it, keep going.
         doc.record_error(step.name, f"unexpected {type(exc).__name__}: {exc}", ctx.now())
         log.error("%s: %s: unexpected %s: %s", doc.request_id, step.name,
                   type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
