@@ -98,7 +98,7 @@ class Settings(BaseModel):
     imap_timeout: float = 20.0
 
     # Where each set value came from: "env", ".env (path)" or absent (default).
-    sources: dict[str, str] = Field(default={}, exclude=True)
+    sources: dict[str, str] = Field(default_factory=dict, exclude=True)
 
     @property
     def data_dir(self) -> Path:

@@ -47,18 +47,16 @@ class FileObject(BaseModel):
 FileItem = str | FileObject
 
 
-# Mutable defaults below (`= []`) are safe: pydantic copies them for each instance. They are
-# also cheaper to declare than `default_factory=list`, whose signature pydantic inspects.
 class Classification(BaseModel):
     method: Literal["keywords", "llm", "source"]
-    reasons: list[str] = []
-    scores: dict[str, float] = {}
+    reasons: list[str] = Field(default_factory=list)
+    scores: dict[str, float] = Field(default_factory=dict)
     usage: dict[str, int] | None = None
 
 
 class Analysis(BaseModel):
     rule: str
-    reasons: list[str] = []
+    reasons: list[str] = Field(default_factory=list)
 
 
 class SentEmail(BaseModel):
@@ -89,7 +87,7 @@ class Payload(BaseModel):
     description: str = Field(min_length=1, max_length=20_000)
     user_email: str = Field(max_length=254)
     user_name: str = Field(min_length=1, max_length=200)
-    fichiers: list[FileItem] = Field(default=[], max_length=MAX_FILES)
+    fichiers: list[FileItem] = Field(default_factory=list, max_length=MAX_FILES)
 
     @field_validator("user_email")
     @classmethod
@@ -138,10 +136,10 @@ class Document(Payload):
     # step 6: subtask
     clickup_subtask_id: str | None = None
     # 5b and 7: e-mails sent, by kind
-    emails: dict[str, SentEmail] = {}
+    emails: dict[str, SentEmail] = Field(default_factory=dict)
 
-    notes: list[str] = []
-    errors: list[StepError] = []
+    notes: list[str] = Field(default_factory=list)
+    errors: list[StepError] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _stable_id(self) -> Document:

@@ -45,8 +45,8 @@ class Matching(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     negations: list[str]
-    negation_exceptions: list[str] = []
-    scope_breakers: list[str] = []
+    negation_exceptions: list[str] = Field(default_factory=list)
+    scope_breakers: list[str] = Field(default_factory=list)
     negation_window: int = Field(default=3, ge=0, le=10)
 
 
@@ -78,10 +78,10 @@ class GridRule(BaseModel):
     outcome: Literal["admin", "credits"]
     credits: Literal[1, 2] | None = None
     label: str
-    keywords: list[str] = []
-    patterns: list[str] = []
+    keywords: list[str] = Field(default_factory=list)
+    patterns: list[str] = Field(default_factory=list)
     distinct_materials: int | None = Field(default=None, ge=2)
-    examples: list[str] = []
+    examples: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _credits_match_outcome(self) -> GridRule:
