@@ -97,8 +97,9 @@ class Settings(BaseModel):
     imap_security: Literal["ssl", "starttls", "none"] = "ssl"
     imap_timeout: float = 20.0
 
-    # Where each set value came from: "env", ".env (path)" or absent (default).
-    sources: dict[str, str] = Field(default_factory=dict, exclude=True)
+    # Where each set value came from: "env", ".env (path)" or absent (default). A plain `{}`
+    # default (pydantic copies it) rather than a factory: see document.empty_list.
+    sources: dict[str, str] = Field(default={}, exclude=True)
 
     @property
     def data_dir(self) -> Path:

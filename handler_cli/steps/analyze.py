@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from handler_cli.data import DATA_DIR
-from handler_cli.document import Analysis
+from handler_cli.document import Analysis, empty_list
 from handler_cli.steps import MissingInput
 from handler_cli.text import fold
 
@@ -45,8 +45,8 @@ class Matching(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     negations: list[str]
-    negation_exceptions: list[str] = Field(default_factory=list)
-    scope_breakers: list[str] = Field(default_factory=list)
+    negation_exceptions: list[str] = Field(default_factory=empty_list)
+    scope_breakers: list[str] = Field(default_factory=empty_list)
     negation_window: int = Field(default=3, ge=0, le=10)
 
 
@@ -78,10 +78,10 @@ class GridRule(BaseModel):
     outcome: Literal["admin", "credits"]
     credits: Literal[1, 2] | None = None
     label: str
-    keywords: list[str] = Field(default_factory=list)
-    patterns: list[str] = Field(default_factory=list)
+    keywords: list[str] = Field(default_factory=empty_list)
+    patterns: list[str] = Field(default_factory=empty_list)
     distinct_materials: int | None = Field(default=None, ge=2)
-    examples: list[str] = Field(default_factory=list)
+    examples: list[str] = Field(default_factory=empty_list)
 
     @model_validator(mode="after")
     def _credits_match_outcome(self) -> GridRule:
