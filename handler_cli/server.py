@@ -192,7 +192,7 @@ class IntakeWriter:
         """Queue the new requests. A failure here is no lost request: they are stored, and
         the sweep queues what no message stands for."""
         try:
-            self.rq.push(self.rq.messages(r.request_id for r in results if r.created))
+            self.rq.announce([r.request_id for r in results if r.created])
         except Exception:
             log.exception("could not queue %d stored request(s)", len(results))
 

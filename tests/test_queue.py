@@ -458,6 +458,22 @@ def test_sweep_requeues_open_requests_no_message_stands_for(tmp_path: Path) -> N
     rq.close()
 
 
+def test_one_dispatch_message_per_webhook_batch_becomes_one_task_per_request(
+        tmp_path: Path) -> None:
+    rq = RequestQueue(queue_settings(tmp_path), Recorder().chain("a"))
+    batch = [accept(rq, n) for n in range(3)]
+    rq.announce(batch)
+    (message,) = rq.huey.pending()  # one message for the batch...
+    assert message.args[0] == batch
+    assert rq.sweep(grace=0) == []  # ...which stands for each of its requests
+    rq.huey.execute(rq.huey.dequeue())  # the worker that takes it queues one task each
+    assert [t.args[0] for t in rq.huey.pending()] == batch
+    while (task := rq.huey.dequeue()) is not None:
+        rq.huey.execute(task)
+    assert [status(rq, rid) for rid in batch] == ["done"] * 3
+    rq.close()
+
+
 def test_running_request_of_a_dead_process_is_taken_back_at_once(tmp_path: Path) -> None:
     rq = RequestQueue(queue_settings(tmp_path), Recorder().chain("a"))
     rid = accept(rq, 1)
