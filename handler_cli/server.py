@@ -40,6 +40,7 @@ from handler_cli.queue import (
     NewRequest,
     RequestQueue,
     SqliteRequestStore,
+    StoreBusy,
     WorkerProcess,
     iso,
     new_request_id,
@@ -130,12 +131,18 @@ def validate_payload(data: Any, request_id: str) -> tuple[Document | None, list[
 class IntakeWriter:
     """Stores accepted requests in batches (group commit), then hands their ids to huey.
 
-    Whatever arrived while the previous batch was being committed forms the next batch.
-    With SQLite the batch is written on the event loop (microseconds: handing it to a
-    thread would cost more, in GIL hand-offs, than the work) and only the COMMIT, whose
-    fsync is the slow part, runs in a thread; the loop keeps reading posts meanwhile. With
-    Redis the whole batch is one pipelined round trip, in the thread.
+    Whatever arrived while the previous batch was being stored forms the next batch. With
+    SQLite the whole batch, COMMIT and its fsync included, is written on the event loop: a
+    thread would free the loop during the fsync (well under a millisecond on an SSD) but
+    waking it costs more than that, in GIL hand-offs with the busy loop (bench_serve.py:
+    ~40 microseconds of CPU per post on a 2-CPU VM). The loop never waits for a worker's
+    lock: the batch is tried again a moment later. Redis is a network round trip: its
+    batches go to a thread. The huey messages for stored requests are written by that
+    thread too, for all the batches of the last ANNOUNCE_EVERY_SECONDS at once.
     """
+
+    RETRY_BUSY_SECONDS = 0.001
+    ANNOUNCE_EVERY_SECONDS = 0.05
 
     def __init__(self, rq: RequestQueue, loop: asyncio.AbstractEventLoop,
                  max_batch: int = 512) -> None:
@@ -146,7 +153,8 @@ class IntakeWriter:
         self._busy = False
         self._idle = asyncio.Event()
         self._idle.set()
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="intake-commit")
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="intake")
+        self._unannounced: list[str] = []
 
     def submit(self, item: NewRequest) -> asyncio.Future[Accepted]:
         future: asyncio.Future[Accepted] = self.loop.create_future()
@@ -165,36 +173,35 @@ class IntakeWriter:
         del self._pending[:self.max_batch]
         items = [item for item, _ in batch]
         store = self.rq.store
-        job: Callable[[], list[Accepted]]
-        if isinstance(store, SqliteRequestStore):
-            try:
-                conn, results = store.stage_accept(items, time.time())
-            except Exception as exc:
-                log.exception("could not store %d request(s)", len(batch))
-                self._answer(batch, exc)
-                return
+        if not isinstance(store, SqliteRequestStore):
+            done = self._thread.submit(store.accept_many, items, time.time())
+            done.add_done_callback(
+                lambda f: self.loop.call_soon_threadsafe(self._finished, batch, f))
+            return
+        try:
+            results = store.accept_many(items, time.time(), wait=False)
+        except StoreBusy:
+            self._pending[:0] = batch
+            self.loop.call_later(self.RETRY_BUSY_SECONDS, self._flush)
+            return
+        except Exception as exc:
+            log.exception("could not store %d request(s)", len(batch))
+            self._answer(batch, exc)
+            return
+        self._answer(batch, results)
 
-            def job() -> list[Accepted]:
-                store.finish_staged(conn)
-                self._push(results)
-                return results
-        else:
-            def job() -> list[Accepted]:
-                results = store.accept_many(items, time.time())
-                self._push(results)
-                return results
+    def _announce(self) -> None:
+        request_ids, self._unannounced = self._unannounced, []
+        if request_ids:
+            self._thread.submit(self._push, request_ids)
 
-        done = self._thread.submit(job)
-        done.add_done_callback(
-            lambda f: self.loop.call_soon_threadsafe(self._finished, batch, f))
-
-    def _push(self, results: list[Accepted]) -> None:
+    def _push(self, request_ids: list[str]) -> None:
         """Queue the new requests. A failure here is no lost request: they are stored, and
         the sweep queues what no message stands for."""
         try:
-            self.rq.announce([r.request_id for r in results if r.created])
+            self.rq.announce(request_ids)
         except Exception:
-            log.exception("could not queue %d stored request(s)", len(results))
+            log.exception("could not queue %d stored request(s)", len(request_ids))
 
     def _finished(self, batch: list[tuple[NewRequest, asyncio.Future[Accepted]]],
                   done: Future[list[Accepted]]) -> None:
@@ -212,6 +219,11 @@ class IntakeWriter:
                 future.set_exception(results)
             else:
                 future.set_result(results[position])
+        if not isinstance(results, BaseException):
+            new = [r.request_id for r in results if r.created]
+            if new and not self._unannounced:
+                self.loop.call_later(self.ANNOUNCE_EVERY_SECONDS, self._announce)
+            self._unannounced.extend(new)
         self._busy = False
         if self._pending:
             self._kick()
@@ -221,6 +233,7 @@ class IntakeWriter:
     async def close(self) -> None:
         """Wait for the batches in flight (uvicorn has finished the posts by now)."""
         await self._idle.wait()
+        self._announce()
         self._thread.shutdown(wait=True)
 
 

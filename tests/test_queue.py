@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -31,6 +32,7 @@ from handler_cli.queue import (
     RequestQueue,
     RequestStore,
     SqliteRequestStore,
+    StoreBusy,
     owner_id,
     owner_is_dead,
     retry_delay,
@@ -441,6 +443,19 @@ def test_a_crashed_worker_request_is_taken_over_and_resumes_at_the_unfinished_st
     assert rec.runs["c"] == 1
     first.close()
     second.close()
+
+
+def test_sqlite_accept_without_waiting_refuses_while_another_holds_the_lock(
+        tmp_path: Path) -> None:
+    store = SqliteRequestStore(tmp_path / "requests.sqlite3")
+    other = sqlite3.connect(tmp_path / "requests.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(StoreBusy):
+        store.accept_many([new(1)], time.time(), wait=False)
+    other.execute("ROLLBACK")
+    assert store.accept_many([new(1)], time.time(), wait=False)[0].created
+    assert store.get("req_1") is not None
+    store.close()
 
 
 def test_sweep_requeues_open_requests_no_message_stands_for(tmp_path: Path) -> None:

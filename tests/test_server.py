@@ -172,6 +172,30 @@ def test_accepted_request_is_stored_before_the_answer_then_processed(
     assert ticket_count(data_dir) == 1
 
 
+def test_a_locked_store_delays_the_answer_never_the_event_loop(
+    client: httpx.Client, data_dir: Path
+) -> None:
+    """A worker holding the store's write lock: the post waits for it, then gets its 202,
+    while the webhook goes on answering: its event loop never waits on the lock."""
+    assert client.post("/webhook/request", json=payload(), headers=AUTH).status_code == 202
+    db = sqlite3.connect(data_dir / "requests.sqlite3", isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    answers: list[httpx.Response] = []
+    poster = threading.Thread(target=lambda: answers.append(httpx.post(
+        f"{client.base_url}/webhook/request", json=payload(), headers=AUTH, timeout=30)))
+    poster.start()
+    time.sleep(0.3)
+    assert poster.is_alive() and not answers  # not answered before it is stored
+    started = time.monotonic()
+    assert client.get("/healthz").status_code == 200
+    assert time.monotonic() - started < 0.25
+    db.execute("ROLLBACK")
+    db.close()
+    poster.join(10)
+    assert answers[0].status_code == 202
+    assert answers[0].json()["request_id"] in [rid for rid, _ in stored_rows(data_dir)]
+
+
 def test_health_and_readiness(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")

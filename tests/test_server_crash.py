@@ -209,6 +209,13 @@ def test_worker_process_killed_alone_is_restarted_and_dies_with_serve(tmp_path: 
     with serve_process(data_dir, log) as (proc, url):
         child = worker_child(proc)
         ids = post_all(url, batch)
+        # Chains run on CPU time the webhook leaves: nice 19 and Linux's idle scheduling
+        # (set by the child as it starts).
+        deadline = time.monotonic() + 10
+        while os.sched_getscheduler(child) != os.SCHED_IDLE and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.sched_getscheduler(child) == os.SCHED_IDLE
+        assert os.getpriority(os.PRIO_PROCESS, child) == 19
         os.kill(child, signal.SIGKILL)
         wait_all_done(url, ids)  # a new worker process took over
         replacement = worker_child(proc)
