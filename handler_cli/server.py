@@ -36,6 +36,7 @@ from starlette.routing import Route
 from handler_cli.config import Settings, load_settings
 from handler_cli.document import Document, FileObject, Payload
 from handler_cli.queue import (
+    BUSY_TIMEOUT_MS,
     Accepted,
     NewRequest,
     RequestQueue,
@@ -145,10 +146,13 @@ class IntakeWriter:
     ANNOUNCE_EVERY_SECONDS = 0.05
 
     def __init__(self, rq: RequestQueue, loop: asyncio.AbstractEventLoop,
-                 max_batch: int = 512) -> None:
+                 max_batch: int = 512, busy_give_up: float = BUSY_TIMEOUT_MS / 1000) -> None:
         self.rq = rq
         self.loop = loop
         self.max_batch = max_batch
+        # A lock held this long is a stuck process: answer 503 (send again) rather than wait.
+        self.busy_give_up = busy_give_up
+        self._busy_since: float | None = None
         self._pending: list[tuple[NewRequest, asyncio.Future[Accepted]]] = []
         self._busy = False
         self._idle = asyncio.Event()
@@ -180,14 +184,24 @@ class IntakeWriter:
             return
         try:
             results = store.accept_many(items, time.time(), wait=False)
-        except StoreBusy:
-            self._pending[:0] = batch
-            self.loop.call_later(self.RETRY_BUSY_SECONDS, self._flush)
+        except StoreBusy as exc:
+            now = time.monotonic()
+            self._busy_since = self._busy_since or now
+            if now - self._busy_since < self.busy_give_up:
+                self._pending[:0] = batch
+                self.loop.call_later(self.RETRY_BUSY_SECONDS, self._flush)
+                return
+            self._busy_since = None
+            log.error("could not store %d request(s): the store stayed locked %.0f s",
+                      len(batch), self.busy_give_up)
+            self._answer(batch, exc)
             return
         except Exception as exc:
+            self._busy_since = None
             log.exception("could not store %d request(s)", len(batch))
             self._answer(batch, exc)
             return
+        self._busy_since = None
         self._answer(batch, results)
 
     def _announce(self) -> None:
