@@ -991,10 +991,8 @@ class RequestQueue:
             log.info("%s: handed back to the queue (shutting down)", rec.request_id)
 
     def _interrupted(self, signal: str, task: Task, *args: Any, **kwargs: Any) -> None:
-        """huey is exiting with this task unfinished: hand its request(s) back now."""
-        if task.name == DISPATCH_NAME and task.args:
-            self.enqueue_many(str(rid) for rid in task.args[0])
-            return
+        """huey is exiting with this task unfinished: hand its request back now. (The
+        requests of an unfinished dispatch are still `queued`: the start-up sweep takes them.)"""
         if task.name != TASK_NAME or not task.args:
             return
         request_id = str(task.args[0])
