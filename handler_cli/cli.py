@@ -75,9 +75,6 @@ class _Group(TyperGroup):
         super().__init__(**kwargs)
         self.commands = _Built()
 
-    def list_commands(self, ctx: Any) -> list[str]:
-        return list(COMMANDS)
-
 
 app = typer.Typer(
     name="handler-cli",

@@ -182,8 +182,9 @@ class IntakeWriter:
             done.add_done_callback(
                 lambda f: self.loop.call_soon_threadsafe(self._finished, batch, f))
             return
+        outcome: list[Accepted] | Exception
         try:
-            results = store.accept_many(items, time.time(), wait=False)
+            outcome = store.accept_many(items, time.time(), wait=False)
         except StoreBusy as exc:
             now = time.monotonic()
             self._busy_since = self._busy_since or now
@@ -191,18 +192,14 @@ class IntakeWriter:
                 self._pending[:0] = batch
                 self.loop.call_later(self.RETRY_BUSY_SECONDS, self._flush)
                 return
-            self._busy_since = None
             log.error("could not store %d request(s): the store stayed locked %.0f s",
                       len(batch), self.busy_give_up)
-            self._answer(batch, exc)
-            return
+            outcome = exc
         except Exception as exc:
-            self._busy_since = None
             log.exception("could not store %d request(s)", len(batch))
-            self._answer(batch, exc)
-            return
+            outcome = exc
         self._busy_since = None
-        self._answer(batch, results)
+        self._answer(batch, outcome)
 
     def _announce(self) -> None:
         request_ids, self._unannounced = self._unannounced, []
