@@ -43,6 +43,9 @@ class Settings(BaseModel):
     webhook_secret: str | None = None  # Standard Webhooks key(s), "whsec_..." (space-separated)
     webhook_token: str | None = None  # accepted as "Authorization: Bearer ..." (space-separated)
     handler_max_body_bytes: int = 1024 * 1024
+    # The webhook's public base URL (https://intake.example.com): what links we hand out
+    # (status URLs, file links) are built on it, never on a request's Host header.
+    handler_public_url: str | None = None
     handler_queue_url: str | None = None  # redis://... for the scaled-out mode; else SQLite
     handler_workers: int = 2  # worker threads run by `serve`; 0 = intake only
     # "process": one low-priority child process runs them (the webhook keeps its CPU and GIL);

@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 import pytest
 
+from handler_cli.checks import Finding
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -296,3 +298,8 @@ def s3_peer(
     s3_server_session.reset()
     yield s3_server_session
     s3_server_session.reset()
+
+
+def lines(findings: list[Finding]) -> str:
+    """A backend's `check()` findings as the text `doctor --check` prints, for assertions."""
+    return "\n".join(str(f) for f in findings)

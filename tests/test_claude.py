@@ -22,6 +22,7 @@ from handler_cli.services.llm.claude import ClaudeLLM
 from handler_cli.steps import classify
 from tests.conftest import ROOT, clean_environ
 from tests.fakes.messages_api import API_VERSION, FakeMessagesAPI, messages_api
+from tests.peers import lines
 
 # Keywords have no evidence either way here, so step 1 must ask the LLM.
 AMBIGUOUS = {
@@ -235,7 +236,7 @@ def test_check_makes_a_one_token_call_and_describe_names_model_and_endpoint(
 ) -> None:
     llm = ClaudeLLM(settings_for(fake, tmp_path, HANDLER_LLM_MODEL="claude-test-model"))
 
-    answer = llm.check()
+    answer = lines(llm.check())
 
     assert "claude-test-model" in answer
     assert fake.calls[-1].body["max_tokens"] == 1

@@ -12,6 +12,7 @@ from handler_cli.config import ConfigError, Settings, load_settings
 from handler_cli.services import ServiceError
 from handler_cli.services.tasks.clickup import ClickUpBoard
 from tests.fakes.clickup import DEFAULT_LIST_ID, DEFAULT_PARENT_ID, FakeClickUp, clickup_server
+from tests.peers import lines
 
 
 @pytest.fixture
@@ -145,7 +146,7 @@ def test_persistent_rate_limit_raises_transient_error_with_clickup_code(
 def test_server_error_on_a_read_is_retried(fake: FakeClickUp, board: ClickUpBoard) -> None:
     fake.fail_next(500, times=2)
 
-    assert "Demandes clients" in board.check()
+    assert "Demandes clients" in lines(board.check())
     assert len(fake.requests) == 3
 
 
@@ -220,7 +221,7 @@ def test_clickup_down_raises_transient_error_after_retries(
 
 
 def test_check_names_the_parent_task_and_its_list(board: ClickUpBoard) -> None:
-    report = board.check()
+    report = lines(board.check())
 
     assert DEFAULT_PARENT_ID in report and "Demandes clients" in report
     assert DEFAULT_LIST_ID in report

@@ -30,6 +30,7 @@ from handler_cli.services.crm.hubspot import (
     setup_properties,
 )
 from tests.fakes.hubspot import FakeHubSpot, hubspot_server
+from tests.peers import lines
 
 RETRY_BASE = 0.01  # seconds; a TEN_SECONDLY_ROLLING wait is then 10 x 0.01 = 0.1 s
 TICKETS = "/crm/v3/objects/tickets"
@@ -536,7 +537,7 @@ def test_setup_adds_a_missing_status_option_and_flags_a_non_unique_request_id(
 
 def test_check_proves_the_token_and_the_properties(hs: FakeHubSpot, crm: HubSpotCRM,
                                                    tmp_path: Path) -> None:
-    assert str(hs.portal_id) in crm.check()
+    assert str(hs.portal_id) in lines(crm.check())
     del hs.properties["tickets"]["handler_replies_handled"]
 
     with pytest.raises(ServiceError, match="handler_replies_handled"):

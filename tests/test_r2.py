@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 import pytest
 
+from handler_cli.checks import proved
 from handler_cli.config import Settings
 from handler_cli.services import ServiceError
 from handler_cli.services.files.r2 import R2FileStore
@@ -97,7 +98,7 @@ def test_check_heads_the_bucket(tmp_path: Path, s3_peer: S3Peer) -> None:
     s3_peer.create_bucket(BUCKET)
     store = make_store(tmp_path, **s3_peer.settings(BUCKET))
 
-    assert store.check() == f"bucket {BUCKET} reachable at {s3_peer.endpoint_url}"
+    assert store.check() == [proved(f"bucket {BUCKET} reachable at {s3_peer.endpoint_url}")]
 
 
 def test_check_reports_a_missing_bucket(tmp_path: Path, s3_peer: S3Peer) -> None:

@@ -82,7 +82,7 @@ def test_serve_refuses_an_unusable_secret(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "handler_cli.server", "--port",
                            str(free_port())], env=env, text=True, capture_output=True,
                           timeout=60)
-    assert proc.returncode == 3 and "WEBHOOK_SECRET" in proc.stderr
+    assert proc.returncode == 2 and "WEBHOOK_SECRET" in proc.stderr
 
 
 def test_uvicorn_serves_the_importable_app_with_settings_from_the_environment(

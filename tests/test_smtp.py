@@ -13,7 +13,7 @@ import pytest
 from handler_cli.config import Settings
 from handler_cli.services import ServiceError
 from handler_cli.services.mail.smtp import SMTPMailer
-from tests.peers import LOOPBACK, SMTPPeer, closed_port, smtp_peer, smtp_server
+from tests.peers import LOOPBACK, SMTPPeer, closed_port, lines, smtp_peer, smtp_server
 
 __all__ = ["smtp_peer"]  # the fixture is used by name below
 
@@ -196,7 +196,7 @@ def test_check_logs_in_without_sending(tmp_path: Path) -> None:
         mailer = SMTPMailer(make_settings(
             tmp_path, **peer.settings(smtp_user="relay", smtp_password="pw")))
 
-        report = mailer.check()
+        report = lines(mailer.check())
 
         assert peer.logins == ["relay"]
         assert peer.received == []

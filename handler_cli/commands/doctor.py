@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from handler_cli.commands._common import ExitCode, settings_or_exit
+
 if TYPE_CHECKING:
     from handler_cli.context import Context
 
@@ -39,17 +41,12 @@ def doctor(
     strict: Annotated[bool, typer.Option("--strict", help="Treat a local backend as an error.")] = False,
 ) -> None:
     """Show the backend of each service and where its settings came from (secrets masked)."""
-    from handler_cli import logs
-    from handler_cli.config import ConfigError, load_settings
+    from handler_cli.checks import missing
+    from handler_cli.config import ConfigError
     from handler_cli.context import Context
     from handler_cli.services import ServiceError
 
-    logs.setup(-1)
-    try:
-        settings = load_settings(handler_strict=True if strict else None)
-    except ConfigError as exc:
-        print(f"handler-cli: error: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
+    settings = settings_or_exit(quiet=True, strict=strict)
     ctx = Context(settings)
     out = sys.stderr
     failures = 0
@@ -72,11 +69,13 @@ def doctor(
         for backend in backends:
             if check and hasattr(backend, "check"):
                 try:
-                    print(f"  check: ok — {backend.check()}", file=out)
+                    findings = backend.check()
                 except ServiceError as exc:
-                    print(f"  check: FAILED — {exc}", file=out)
-                    failures += 1
-    raise typer.Exit(1 if failures else 0)
+                    findings = [missing(str(exc))]
+                for finding in findings:
+                    print(f"  check: {finding}", file=out)
+                    failures += not finding.ok
+    raise typer.Exit(ExitCode.FAILED if failures else ExitCode.OK)
 
 
 def _backends(ctx: Context, service: str) -> list[Any]:

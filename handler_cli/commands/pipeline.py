@@ -12,45 +12,21 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Annotated
 
 import typer
 
+from handler_cli.commands._common import (
+    ExitCode,
+    InputArg,
+    PrettyOpt,
+    QuietOpt,
+    StrictOpt,
+    VerboseOpt,
+    open_input,
+)
 from handler_cli.steps import PIPELINE, Step
 
 log = logging.getLogger("handler_cli")
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-InputArg = Annotated[
-    Path | None,
-    typer.Argument(
-        help="JSON file (one object, an array, or JSON Lines). Reads stdin when absent or '-'.",
-        show_default=False,
-    ),
-]
-PrettyOpt = Annotated[bool, typer.Option("--pretty", help="Indent the JSON output (for reading).")]
-StrictOpt = Annotated[
-    bool, typer.Option("--strict", help="Refuse local backends: every service must be live.")
-]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")]
-
-
-def open_input(path: Path | None, example: str = "handler-cli classify samples/support.json"
-               ) -> IO[bytes]:
-    """The file named, or stdin (refused when it is a terminal: nothing was piped), as bytes:
-    the reader decodes each line itself and reports one that is not UTF-8."""
-    if path is None or str(path) == "-":
-        if sys.stdin.isatty():
-            log.error("no input: give a JSON file, or pipe JSON into stdin (e.g. `%s`)", example)
-            raise typer.Exit(EXIT_USAGE)
-        return sys.stdin.buffer
-    try:
-        return path.open("rb")
-    except OSError as exc:
-        log.error("cannot read %s: %s", path, exc.strerror)
-        raise typer.Exit(EXIT_USAGE) from None
 
 
 def process(
@@ -75,7 +51,7 @@ def process(
         settings = load_settings(handler_strict=True if strict else None)
     except ConfigError as exc:
         log.error("%s", exc)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     ctx = Context(settings)
     stream = open_input(path)
     out = sys.stdout.buffer  # JSON is UTF-8 (RFC 8259), whatever the terminal's locale
@@ -94,7 +70,7 @@ def process(
             summary.advance(item)
     except ConfigError as exc:
         log.error("%s", exc)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     finally:
         summary.close()
         out.flush()
@@ -103,8 +79,8 @@ def process(
         if not summary.live:
             log.warning("%d ok, %d failed, %d unreadable", tally["ok"], tally["failed"],
                         tally["unreadable"])
-        return EXIT_FAILED
-    return EXIT_OK
+        return ExitCode.FAILED
+    return ExitCode.OK
 
 
 class _Summary:

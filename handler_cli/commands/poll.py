@@ -13,28 +13,15 @@ from typing import Annotated
 
 import typer
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-StrictOpt = Annotated[
-    bool, typer.Option("--strict", help="Refuse local backends: every service must be live.")
-]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")]
-
-
-def _setup(quiet: bool, verbose: bool, strict: bool = False) -> object:
-    """Logging on stderr and the settings; a configuration error exits 2 with its message."""
-    import logging
-
-    from handler_cli import logs
-    from handler_cli.config import ConfigError, load_settings
-
-    logs.setup(-1 if quiet else (1 if verbose else 0))
-    try:
-        return load_settings(handler_strict=True if strict else None)
-    except ConfigError as exc:
-        logging.getLogger("handler_cli").error("%s", exc)
-        raise typer.Exit(EXIT_USAGE) from None
+from handler_cli.commands._common import (
+    ExitCode,
+    PrettyOpt,
+    QuietOpt,
+    StrictOpt,
+    VerboseOpt,
+    fail,
+    settings_or_exit,
+)
 
 
 def poll(
@@ -61,14 +48,13 @@ def poll(
     import logging
     import sys
 
-    from handler_cli.config import ConfigError, Settings
+    from handler_cli.config import ConfigError
     from handler_cli.context import Context
     from handler_cli.poll import PollReport
     from handler_cli.poll import poll as poll_once
 
     log = logging.getLogger("handler_cli")
-    settings = _setup(quiet, verbose, strict)
-    assert isinstance(settings, Settings)
+    settings = settings_or_exit(quiet=quiet, verbose=verbose, strict=strict)
     ctx = Context(settings)
 
     def one_pass() -> int:
@@ -80,7 +66,7 @@ def poll(
             log.warning("%s", report.summary())
         else:
             log.info("%s", report.summary())
-        return EXIT_FAILED if report.failures else EXIT_OK
+        return ExitCode.FAILED if report.failures else ExitCode.OK
 
     try:
         if watch is None:
@@ -92,11 +78,10 @@ def poll(
             one_pass()
             time.sleep(watch)
     except ConfigError as exc:
-        log.error("%s", exc)
-        raise typer.Exit(EXIT_USAGE) from None
+        fail(ExitCode.USAGE, "%s", exc)
     except KeyboardInterrupt:
         log.info("poll: stopped")
-        raise typer.Exit(EXIT_OK) from None
+        raise typer.Exit(ExitCode.OK) from None
 
 
 def reply(
@@ -120,32 +105,30 @@ def reply(
     import sys
     from email.utils import make_msgid
 
-    from handler_cli.config import Settings
     from handler_cli.context import Context
     from handler_cli.poll import awaited_email
     from handler_cli.services import EmailRecord, ServiceError
 
     log = logging.getLogger("handler_cli")
-    settings = _setup(quiet, verbose)
-    assert isinstance(settings, Settings)
+    settings = settings_or_exit(quiet=quiet, verbose=verbose)
     ctx = Context(settings)
     if ctx.crm.name != "local":
         log.error("reply records a reply in the local CRM only; with %s, the client's "
                   "e-mails are read from the ticket by `handler-cli poll`", ctx.crm.name)
-        raise typer.Exit(EXIT_USAGE)
+        raise typer.Exit(ExitCode.USAGE)
     try:
         ctx.crm.get_ticket(ticket_id)
     except ServiceError:
         log.error("no ticket %s in the local CRM (%s)", ticket_id, ctx.crm.describe())
-        raise typer.Exit(EXIT_USAGE) from None
+        raise typer.Exit(ExitCode.USAGE) from None
     paths = [p.expanduser().resolve() for p in files or []]
     for path in paths:
         if not path.is_file():
             log.error("--file %s: no such file", path)
-            raise typer.Exit(EXIT_USAGE)
+            raise typer.Exit(ExitCode.USAGE)
     if not text.strip() and not paths:
         log.error("the reply is empty: give its text, or --file")
-        raise typer.Exit(EXIT_USAGE)
+        raise typer.Exit(ExitCode.USAGE)
     doc = ctx.documents.by_ticket(ticket_id)
     awaited = awaited_email(doc) if doc else None
     subject = f"Re: {awaited[1].subject}" if awaited else f"Re: [Ticket #{ticket_id}]"
@@ -168,7 +151,7 @@ def reply_intent(
     input: Annotated[Path | None, typer.Argument(
         help="JSON file of {\"text\": ...} objects (one, an array, or JSON Lines). "
              "Reads stdin when absent or '-'.", show_default=False)] = None,
-    pretty: Annotated[bool, typer.Option("--pretty", help="Indent the JSON output.")] = False,
+    pretty: PrettyOpt = False,
     quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Say what each reply means: validation, refus, question or none.
@@ -182,22 +165,20 @@ def reply_intent(
     import logging
     import sys
 
-    from handler_cli.commands.pipeline import open_input
-    from handler_cli.config import ConfigError, Settings
+    from handler_cli.commands._common import open_input
+    from handler_cli.config import ConfigError
     from handler_cli.context import Context
     from handler_cli.intent import read_intent, strip_quoted
     from handler_cli.jsonio import InputError, read_values
 
     log = logging.getLogger("handler_cli")
-    settings = _setup(quiet, verbose)
-    assert isinstance(settings, Settings)
+    settings = settings_or_exit(quiet=quiet, verbose=verbose)
     stream = open_input(input, "echo '{\"text\": \"Je valide\"}' | handler-cli reply-intent")
     unreadable = 0
     try:
         llm = Context(settings).llm
     except ConfigError as exc:
-        log.error("%s", exc)
-        raise typer.Exit(EXIT_USAGE) from None
+        fail(ExitCode.USAGE, "%s", exc)
     for value in read_values(stream):
         if isinstance(value, InputError):
             problem: InputError | None = value
@@ -219,4 +200,4 @@ def reply_intent(
         sys.stdout.write(json.dumps(out, ensure_ascii=False, indent=2 if pretty else None,
                                     separators=None if pretty else (",", ":")) + "\n")
     sys.stdout.flush()
-    raise typer.Exit(EXIT_FAILED if unreadable else EXIT_OK)
+    raise typer.Exit(ExitCode.FAILED if unreadable else ExitCode.OK)

@@ -6,12 +6,15 @@ Output is JSON, one object per line on stdout (pipe it to `jq`); messages go to 
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from typing import Annotated
 
 import typer
 
-EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 3
+from handler_cli.commands._common import ExitCode, PrettyOpt, fail, settings_or_exit
+
+log = logging.getLogger("handler_cli")
+
 STATUSES = ("queued", "running", "retrying", "done", "failed")
 
 app = typer.Typer(
@@ -21,14 +24,13 @@ app = typer.Typer(
 
 
 def _store():  # type: ignore[no-untyped-def]
-    from handler_cli.config import ConfigError, load_settings
+    from handler_cli.config import ConfigError
     from handler_cli.queue import open_store
 
     try:
-        return open_store(load_settings())
+        return open_store(settings_or_exit())
     except ConfigError as exc:
-        print(f"handler-cli: error: {exc}", file=sys.stderr)
-        raise typer.Exit(EXIT_CONFIG) from None
+        fail(ExitCode.USAGE, "%s", exc)
 
 
 def _dump(data: object, pretty: bool) -> str:
@@ -44,9 +46,8 @@ def list_requests(
 ) -> None:
     """List requests, newest first: one JSON summary per line."""
     if status is not None and status not in STATUSES:
-        print(f"handler-cli: error: --status: expected one of {', '.join(STATUSES)}",
-              file=sys.stderr)
-        raise typer.Exit(EXIT_USAGE)
+        settings_or_exit()
+        fail(ExitCode.USAGE, "--status: expected one of %s", ", ".join(STATUSES))
     store = _store()
     try:
         records = store.recent(status, limit)
@@ -55,14 +56,13 @@ def list_requests(
     for rec in records:
         print(_dump(rec.summary(), False))
     if not records:
-        print("handler-cli: no request" + (f" with status {status}" if status else ""),
-              file=sys.stderr)
+        log.info("no request%s", f" with status {status}" if status else "")
 
 
 @app.command("show")
 def show(
     request_id: Annotated[str, typer.Argument(help="The request_id the webhook answered.")],
-    pretty: Annotated[bool, typer.Option(help="Indent the JSON.")] = False,
+    pretty: PrettyOpt = False,
 ) -> None:
     """Everything about one request: status, attempts, each step's outcome, the document."""
     store = _store()
@@ -71,8 +71,7 @@ def show(
     finally:
         store.close()
     if rec is None:
-        print(f"handler-cli: error: no request {request_id}", file=sys.stderr)
-        raise typer.Exit(EXIT_NOT_FOUND)
+        fail(ExitCode.FAILED, "no request %s", request_id)
     print(_dump(rec.to_dict(), pretty))
 
 
@@ -81,23 +80,20 @@ def retry(
     request_id: Annotated[str, typer.Argument(help="A failed (or retrying) request.")],
 ) -> None:
     """Queue a failed request again now (steps already done are not repeated)."""
-    from handler_cli.config import ConfigError, load_settings
+    from handler_cli.config import ConfigError
     from handler_cli.queue import RequestQueue
 
     try:
-        rq = RequestQueue(load_settings())
+        rq = RequestQueue(settings_or_exit())
     except ConfigError as exc:
-        print(f"handler-cli: error: {exc}", file=sys.stderr)
-        raise typer.Exit(EXIT_CONFIG) from None
+        fail(ExitCode.USAGE, "%s", exc)
     try:
         previous = rq.retry(request_id)
     finally:
         rq.close()
     if previous is None:
-        print(f"handler-cli: error: no request {request_id}", file=sys.stderr)
-        raise typer.Exit(EXIT_NOT_FOUND)
+        fail(ExitCode.FAILED, "no request %s", request_id)
     if previous not in ("failed", "retrying"):
-        print(f"handler-cli: error: {request_id} is {previous}; only failed or retrying "
-              "requests are retried", file=sys.stderr)
-        raise typer.Exit(EXIT_NOT_FOUND)
-    print(f"handler-cli: {request_id} queued again (was {previous})", file=sys.stderr)
+        fail(ExitCode.FAILED, "%s is %s; only failed or retrying requests are retried",
+             request_id, previous)
+    log.info("%s queued again (was %s)", request_id, previous)

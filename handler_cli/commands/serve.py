@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-EXIT_OK, EXIT_USAGE, EXIT_CONFIG = 0, 2, 3
+from handler_cli.commands._common import ExitCode, fail, settings_or_exit
 
 
 def is_loopback(host: str) -> bool:
@@ -48,23 +48,18 @@ def serve(
         help="On SIGTERM, seconds to let in-flight posts and steps finish.")] = 30.0,
 ) -> None:
     """Receive the web forms' requests: store each one durably, answer 202, process it."""
-    from handler_cli import logs
-    from handler_cli.config import ConfigError, load_settings
     from handler_cli.webhook_auth import WebhookAuth
 
-    logs.setup(0)
+    settings = settings_or_exit(handler_workers=workers, handler_worker_mode=worker_mode,
+                                handler_insecure=insecure or None)
     try:
-        settings = load_settings(handler_workers=workers, handler_worker_mode=worker_mode,
-                                 handler_insecure=insecure or None)
         auth = WebhookAuth.from_settings(settings)
-    except (ConfigError, ValueError) as exc:
-        print(f"handler-cli: error: {exc}", file=sys.stderr)
-        raise typer.Exit(EXIT_CONFIG) from None
+    except ValueError as exc:
+        fail(ExitCode.USAGE, "%s", exc)
     if not auth.configured:
         if not is_loopback(host) and not settings.handler_insecure:
-            print(f"handler-cli: error: refusing to listen on {host} without authentication: "
-                  "set WEBHOOK_SECRET or WEBHOOK_TOKEN, or pass --insecure", file=sys.stderr)
-            raise typer.Exit(EXIT_USAGE)
+            fail(ExitCode.USAGE, "refusing to listen on %s without authentication: set "
+                 "WEBHOOK_SECRET or WEBHOOK_TOKEN, or pass --insecure", host)
         print("handler-cli: no WEBHOOK_SECRET or WEBHOOK_TOKEN: "
               + ("accepting unauthenticated requests from anywhere (--insecure)"
                  if settings.handler_insecure else "loopback clients only"), file=sys.stderr)

@@ -8,11 +8,14 @@ run creates nothing. Reports go to stderr; exit 0 done, 1 HubSpot refused, 2 not
 
 from __future__ import annotations
 
-import sys
+import logging
 
 import typer
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from handler_cli.commands._common import ExitCode, fail, settings_or_exit
+
+log = logging.getLogger("handler_cli")
+
 
 app = typer.Typer(
     help="Prepare a live service for handler-cli (safe to run again).",
@@ -25,42 +28,31 @@ def setup() -> None:
     """Prepare a live service for handler-cli (safe to run again)."""
 
 
-def _say(text: str) -> None:
-    print(f"handler-cli: {text}", file=sys.stderr)
-
-
 @app.command("hubspot")
 def hubspot() -> None:
     """Create the `handler_cli` property group and the custom ticket properties missing."""
-    from handler_cli.config import ConfigError, load_settings
     from handler_cli.services import ServiceError
 
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        _say(f"error: {exc}")
-        raise typer.Exit(EXIT_USAGE) from None
+    settings = settings_or_exit()
     if not settings.hubspot_access_token:
-        _say("error: HubSpot is not configured: set HUBSPOT_ACCESS_TOKEN (a private app "
+        fail(ExitCode.USAGE, "HubSpot is not configured: set HUBSPOT_ACCESS_TOKEN (a private app "
              "token with the tickets and crm.schemas.tickets.write scopes)")
-        raise typer.Exit(EXIT_USAGE)
 
     from handler_cli.services.crm.hubspot import HubSpotCRM
 
     try:
         with HubSpotCRM(settings) as crm:
-            _say(f"setting up {crm.describe()}")
+            log.info("setting up %s", crm.describe())
             report = crm.ensure_properties()
     except ServiceError as exc:
-        _say(f"error: {exc}")
-        raise typer.Exit(EXIT_FAILED) from None
+        fail(ExitCode.FAILED, "%s", exc)
     for name in report.created:
-        _say(f"created {name}")
+        log.info("created %s", name)
     for name in report.updated:
-        _say(f"updated {name}")
+        log.info("updated %s", name)
     if report.existing:
-        _say(f"already there: {', '.join(report.existing)}")
+        log.info("already there: %s", ", ".join(report.existing))
     for warning in report.warnings:
-        _say(f"warning: {warning}")
-    _say("nothing to create" if not report.created and not report.updated else "done")
-    raise typer.Exit(EXIT_OK)
+        log.warning("%s", warning)
+    log.info("nothing to create" if not report.created and not report.updated else "done")
+    raise typer.Exit(ExitCode.OK)

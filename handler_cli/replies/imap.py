@@ -17,6 +17,7 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from handler_cli.checks import Finding, proved
 from handler_cli.config import ConfigError
 from handler_cli.replies import (
     Handled,
@@ -124,12 +125,12 @@ class IMAPReplies:
             with suppress(OSError, imaplib.IMAP4.error):
                 imap.logout()
 
-    def check(self) -> str:
+    def check(self) -> list[Finding]:
         """Log in and open the folder, as `doctor --check` wants; return what was found."""
         with self._session() as imap:
             status, data = imap.uid("SEARCH", "ALL")
             count = len(data[0].split()) if status == "OK" and data and data[0] else 0
-        return f"{self.describe()}: {count} message(s)"
+        return [proved(f"{self.describe()}: {count} message(s)")]
 
     def fetch(
         self, waiting: Sequence[WaitingTicket], handled: Handled, since: datetime

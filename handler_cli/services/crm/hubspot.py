@@ -28,6 +28,7 @@ from urllib.parse import quote
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
+from handler_cli.checks import Finding, proved
 from handler_cli.services import EmailRecord, ServiceError, TicketDraft, WaitingTicket
 
 if TYPE_CHECKING:
@@ -787,7 +788,7 @@ class HubSpotCRM:
                                           f"{', '.join(v for v, _ in missing)})")
         return report
 
-    def check(self) -> str:
+    def check(self) -> list[Finding]:
         """One small real proof for `doctor --check`: the token works, properties exist."""
         account = self.account()
         names = set(self._ticket_properties())
@@ -795,7 +796,7 @@ class HubSpotCRM:
         if missing:
             raise ServiceError(SERVICE, f"ticket properties missing: {', '.join(missing)}; "
                                "run `handler-cli setup hubspot`", transient=False)
-        return f"portal {account['portalId']}, custom ticket properties present"
+        return [proved(f"portal {account['portalId']}, custom ticket properties present")]
 
 
 def setup_properties(crm: HubSpotCRM) -> list[str]:

@@ -12,6 +12,7 @@ import unicodedata
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from handler_cli.checks import Finding, proved
 from handler_cli.services import ServiceError
 
 if TYPE_CHECKING:
@@ -96,13 +97,13 @@ class R2FileStore:
             raise self._translate(exc, f"signing a link to {key}") from None
         return url
 
-    def check(self) -> str:
+    def check(self) -> list[Finding]:
         """HEAD the bucket: proves the endpoint answers and the keys may use the bucket."""
         try:
             self._get_client().head_bucket(Bucket=self.bucket)
         except Exception as exc:
             raise self._translate(exc, "bucket check") from None
-        return f"bucket {self.bucket} reachable at {self.endpoint_url}"
+        return [proved(f"bucket {self.bucket} reachable at {self.endpoint_url}")]
 
     # -- internals -------------------------------------------------------------------------
 

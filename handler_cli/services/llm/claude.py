@@ -15,6 +15,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
+from handler_cli.checks import Finding, proved
 from handler_cli.services import LLMVerdict, ServiceError
 
 if TYPE_CHECKING:
@@ -157,13 +158,13 @@ class ClaudeLLM:
         """validation / refus / question / none for a client's reply (quotes removed)."""
         return self._verdict(REPLY_SYSTEM, REPLY_TOOL, text)
 
-    def check(self) -> str:
+    def check(self) -> list[Finding]:
         """A one-token call proving that the key, the model and the endpoint work."""
         response = self._call(max_tokens=1, messages=[{"role": "user", "content": "ping"}])
         usage = _usage(response)
         model = getattr(response, "model", None) or self.model
-        return (f"{model} answered via {self.base_url} "
-                f"({usage['input_tokens']} + {usage['output_tokens']} tokens)")
+        return [proved(f"{model} answered via {self.base_url} "
+                       f"({usage['input_tokens']} + {usage['output_tokens']} tokens)")]
 
 
 def _error_text(exc: Any) -> str:

@@ -16,6 +16,7 @@ from email.message import EmailMessage
 from email.utils import parseaddr
 from typing import TYPE_CHECKING
 
+from handler_cli.checks import Finding, proved
 from handler_cli.services import ServiceError
 
 if TYPE_CHECKING:
@@ -74,14 +75,14 @@ class SMTPMailer:
                           refused.items()),
             )
 
-    def check(self) -> str:
+    def check(self) -> list[Finding]:
         """Connect, greet, secure and log in, as `doctor --check` wants, without sending."""
         with self._session("check") as smtp:
             code, _ = smtp.noop()
             if code != 250:
                 raise self._error(f"NOOP answered {code}", transient=400 <= code < 500)
         login = f"logged in as {self.user}" if self.user else "no login configured"
-        return f"{self.host}:{self.port} reachable over {self.security}, {login}"
+        return [proved(f"{self.host}:{self.port} reachable over {self.security}, {login}")]
 
     # -- internals -------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from handler_cli.checks import Finding, proved
 from handler_cli.config import ConfigError, Settings
 from handler_cli.services import ServiceError
 
@@ -64,16 +65,16 @@ class ClickUpBoard:
 
     # -- TaskBoard -------------------------------------------------------------------------
 
-    def check(self) -> str:
+    def check(self) -> list[Finding]:
         """Read the parent task, for `doctor --check`: proves the token and the task id."""
         task = self._request("GET", f"/task/{self.parent_task_id}")
         list_info = task.get("list") or {}
         if list_info.get("id"):
             self._list_ids[self.parent_task_id] = str(list_info["id"])
-        return (
+        return [proved(
             f"parent task {self.parent_task_id} \"{task.get('name', '?')}\" in list "
             f"{list_info.get('name', '?')} ({list_info.get('id', '?')})"
-        )
+        )]
 
     def create_subtask(self, parent_id: str, name: str, description: str) -> str:
         list_id = self._list_id(parent_id)
