@@ -83,11 +83,17 @@ class SentEmail(BaseModel):
 
 
 class StepError(BaseModel):
-    """A failure recorded on the document; the step can be run again to retry it."""
+    """A failure recorded on the document; the step can be run again to retry it.
+
+    `transient` says whether waiting may fix it (a service down, a 429, a timeout): the
+    webhook runner retries those and dead-letters the others at once. A bad input or a bug
+    is not fixed by retrying for hours, so anything not known to be transient is not.
+    """
 
     step: str
     error: str
     at: datetime
+    transient: bool = False
 
 
 class Payload(BaseModel):
@@ -182,9 +188,9 @@ class Document(Payload):
         if note not in self.notes:
             self.notes.append(note)
 
-    def record_error(self, step: str, error: str, at: datetime) -> None:
+    def record_error(self, step: str, error: str, at: datetime, *, transient: bool = False) -> None:
         self.clear_errors(step)
-        self.errors.append(StepError(step=step, error=error, at=at))
+        self.errors.append(StepError(step=step, error=error, at=at, transient=transient))
 
     def clear_errors(self, step: str) -> None:
         self.errors = [e for e in self.errors if e.step != step]

@@ -72,6 +72,11 @@ def apply(step: Step, doc: Document, ctx: Context) -> bool:
 
     Returns True when the step succeeded (or had nothing to do). Configuration errors are
     not the document's fault and propagate to the command, which stops.
+
+    This is the one place a failure is classified: the error on the document is transient
+    only when a service said so (`ServiceError.transient`: down, 429, 5xx, timeout). A
+    missing input waits for another step, which has its own error; an unexpected exception
+    is a bug or an input we did not foresee, and neither is fixed by retrying for 6 hours.
     """
     try:
         result = step.load()(doc, ctx)
@@ -81,12 +86,17 @@ def apply(step: Step, doc: Document, ctx: Context) -> bool:
         # Imported here, on failure only: a step that succeeds never needs the services.
         from handler_cli.services import ServiceError
 
-        if isinstance(exc, (ServiceError, MissingInput)):
-            doc.record_error(step.name, str(exc), ctx.now())
+        if isinstance(exc, ServiceError):
+            doc.record_error(step.name, str(exc), ctx.now(), transient=exc.transient)
             log.error("%s: %s: %s", doc.request_id, step.name, exc)
             return False
-        # A bug must not lose the document: record it, keep going.
-        doc.record_error(step.name, f"unexpected {type(exc).__name__}: {exc}", ctx.now())
+        if isinstance(exc, MissingInput):
+            doc.record_error(step.name, str(exc), ctx.now(), transient=False)
+            log.error("%s: %s: %s", doc.request_id, step.name, exc)
+            return False
+        # A bug must not lose the document: record it (permanent), keep going.
+        doc.record_error(step.name, f"unexpected {type(exc).__name__}: {exc}", ctx.now(),
+                         transient=False)
         log.error("%s: %s: unexpected %s: %s", doc.request_id, step.name,
                   type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
         return False
