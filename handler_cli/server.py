@@ -20,7 +20,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,17 +34,10 @@ from starlette.routing import Route
 
 from handler_cli.config import Settings, load_settings
 from handler_cli.document import Document, FileObject, Payload
-from handler_cli.queue import (
-    BUSY_TIMEOUT_MS,
-    Accepted,
-    NewRequest,
-    RequestQueue,
-    SqliteRequestStore,
-    StoreBusy,
-    WorkerProcess,
-    iso,
-    new_request_id,
-)
+from handler_cli.intake.records import NewRequest, new_request_id
+from handler_cli.intake.worker_process import WorkerProcess
+from handler_cli.intake.writer import IntakeWriter
+from handler_cli.queue import RequestQueue
 from handler_cli.steps import PIPELINE, Step
 from handler_cli.webhook_auth import AuthError, Verdict, WebhookAuth
 
@@ -124,128 +116,6 @@ def validate_payload(data: Any, request_id: str) -> tuple[Document | None, list[
             where = f"fichiers.{position}" + (".url" if isinstance(item, FileObject) else "")
             problems.append({"field": where, "message": "expected an http(s) URL"})
     return (None, problems) if problems else (doc, [])
-
-
-# --- the group-commit writer -------------------------------------------------------------------
-
-
-class IntakeWriter:
-    """Stores accepted requests in batches (group commit), then hands their ids to huey.
-
-    Whatever arrived while the previous batch was being stored forms the next batch. With
-    SQLite the whole batch, COMMIT and its fsync included, is written on the event loop: a
-    thread would free the loop during the fsync (well under a millisecond on an SSD) but
-    waking it costs more than that, in GIL hand-offs with the busy loop (bench_serve.py:
-    ~40 microseconds of CPU per post on a 2-CPU VM). The loop never waits for a worker's
-    lock: the batch is tried again a moment later. Redis is a network round trip: its
-    batches go to a thread. The huey messages for stored requests are written by that
-    thread too, for all the batches of the last ANNOUNCE_EVERY_SECONDS at once.
-    """
-
-    RETRY_BUSY_SECONDS = 0.001
-    ANNOUNCE_EVERY_SECONDS = 0.05
-
-    def __init__(self, rq: RequestQueue, loop: asyncio.AbstractEventLoop,
-                 max_batch: int = 512, busy_give_up: float = BUSY_TIMEOUT_MS / 1000) -> None:
-        self.rq = rq
-        self.loop = loop
-        self.max_batch = max_batch
-        # A lock held this long is a stuck process: answer 503 (send again) rather than wait.
-        self.busy_give_up = busy_give_up
-        self._busy_since: float | None = None
-        self._pending: list[tuple[NewRequest, asyncio.Future[Accepted]]] = []
-        self._busy = False
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="intake")
-        self._unannounced: list[str] = []
-
-    def submit(self, item: NewRequest) -> asyncio.Future[Accepted]:
-        future: asyncio.Future[Accepted] = self.loop.create_future()
-        self._pending.append((item, future))
-        self._kick()
-        return future
-
-    def _kick(self) -> None:
-        if not self._busy and self._pending:
-            self._busy = True
-            self._idle.clear()
-            self.loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        batch = self._pending[:self.max_batch]
-        del self._pending[:self.max_batch]
-        items = [item for item, _ in batch]
-        store = self.rq.store
-        if not isinstance(store, SqliteRequestStore):
-            done = self._thread.submit(store.accept_many, items, time.time())
-            done.add_done_callback(
-                lambda f: self.loop.call_soon_threadsafe(self._finished, batch, f))
-            return
-        outcome: list[Accepted] | Exception
-        try:
-            outcome = store.accept_many(items, time.time(), wait=False)
-        except StoreBusy as exc:
-            now = time.monotonic()
-            self._busy_since = self._busy_since or now
-            if now - self._busy_since < self.busy_give_up:
-                self._pending[:0] = batch
-                self.loop.call_later(self.RETRY_BUSY_SECONDS, self._flush)
-                return
-            log.error("could not store %d request(s): the store stayed locked %.0f s",
-                      len(batch), self.busy_give_up)
-            outcome = exc
-        except Exception as exc:
-            log.exception("could not store %d request(s)", len(batch))
-            outcome = exc
-        self._busy_since = None
-        self._answer(batch, outcome)
-
-    def _announce(self) -> None:
-        request_ids, self._unannounced = self._unannounced, []
-        if request_ids:
-            self._thread.submit(self._push, request_ids)
-
-    def _push(self, request_ids: list[str]) -> None:
-        """Queue the new requests. A failure here is no lost request: they are stored, and
-        the sweep queues what no message stands for."""
-        try:
-            self.rq.announce(request_ids)
-        except Exception:
-            log.exception("could not queue %d stored request(s)", len(request_ids))
-
-    def _finished(self, batch: list[tuple[NewRequest, asyncio.Future[Accepted]]],
-                  done: Future[list[Accepted]]) -> None:
-        error = done.exception()
-        if error is not None:
-            log.error("could not store %d request(s): %s", len(batch), error)
-        self._answer(batch, error if error is not None else done.result())
-
-    def _answer(self, batch: list[tuple[NewRequest, asyncio.Future[Accepted]]],
-                results: list[Accepted] | BaseException) -> None:
-        for position, (_, future) in enumerate(batch):
-            if future.cancelled():
-                continue  # the client went away; the request is stored all the same
-            if isinstance(results, BaseException):
-                future.set_exception(results)
-            else:
-                future.set_result(results[position])
-        if not isinstance(results, BaseException):
-            new = [r.request_id for r in results if r.created]
-            if new and not self._unannounced:
-                self.loop.call_later(self.ANNOUNCE_EVERY_SECONDS, self._announce)
-            self._unannounced.extend(new)
-        self._busy = False
-        if self._pending:
-            self._kick()
-        else:
-            self._idle.set()
-
-    async def close(self) -> None:
-        """Wait for the batches in flight (uvicorn has finished the posts by now)."""
-        await self._idle.wait()
-        self._announce()
-        self._thread.shutdown(wait=True)
 
 
 # --- the app ---------------------------------------------------------------------------------
@@ -387,33 +257,6 @@ async def receive_request(intake: Intake, request: Request) -> JSONResponse:
     return Answer(body_out, status_code=202 if accepted.created else 200)
 
 
-def _status_view(intake: Intake, rec: Any) -> dict[str, Any]:
-    data = rec.data()
-    errors = data.get("errors") or []
-    steps: dict[str, str] = {}
-    for name in intake.rq.step_names:
-        outcome = rec.steps.get(name)
-        steps[name] = "pending" if outcome is None else ("ok" if outcome["ok"] else "error")
-    view: dict[str, Any] = {
-        "request_id": rec.request_id,
-        "status": rec.status,
-        "attempts": rec.attempts,
-        "created_at": iso(rec.created_at),
-        "updated_at": iso(rec.updated_at),
-        "steps": steps,
-        "type_final": data.get("type_final"),
-        "ticket_id": data.get("ticket_id"),
-        "ticket_url": data.get("ticket_url"),
-        "validation_status": data.get("validation_status"),
-        "errors": errors,
-    }
-    if rec.status == "retrying":
-        view["next_attempt_at"] = iso(rec.due_at)
-    if rec.last_error:
-        view["last_error"] = rec.last_error
-    return view
-
-
 async def request_status(intake: Intake, request: Request) -> JSONResponse:
     """GET /requests/{request_id}: needs the token, or a signed request (empty body)."""
     if not intake.auth.configured:
@@ -429,7 +272,7 @@ async def request_status(intake: Intake, request: Request) -> JSONResponse:
     rec = await run_in_threadpool(intake.rq.store.get, request_id)
     if rec is None:
         return _problem(404, f"no request {request_id}")
-    return Answer(_status_view(intake, rec))
+    return Answer(rec.status_view(intake.rq.step_names))
 
 
 async def healthz(intake: Intake, request: Request) -> JSONResponse:
@@ -489,7 +332,7 @@ def create_app(
         problems = await run_in_threadpool(_backend_problems, rq.worker_settings)
         for problem in problems:
             log.error("not ready: %s", problem)
-        intake = Intake(current, auth, rq, IntakeWriter(rq, asyncio.get_running_loop()),
+        intake = Intake(current, auth, rq, IntakeWriter(rq.store, rq.dispatch, asyncio.get_running_loop()),
                         problems)
         shared[:] = [intake]
         workers = current.handler_workers

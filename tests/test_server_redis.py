@@ -23,10 +23,10 @@ import redis
 from typer.testing import CliRunner
 
 from handler_cli.commands.requests import app as requests_app
-from handler_cli.queue import RedisRequestStore
+from handler_cli.storage.redis import RedisRequestStore
 from tests.conftest import clean_environ
 from tests.peers import free_port
-from tests.test_queue import redis_session, redis_url  # noqa: F401 - fixtures
+from tests.redis_peer import redis_session, redis_url  # noqa: F401 - fixtures
 from tests.test_server import (
     AUTH,
     TOKEN,

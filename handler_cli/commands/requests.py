@@ -25,7 +25,7 @@ app = typer.Typer(
 
 def _store():  # type: ignore[no-untyped-def]
     from handler_cli.config import ConfigError
-    from handler_cli.queue import open_store
+    from handler_cli.storage import open_store
 
     try:
         return open_store(settings_or_exit())
