@@ -13,10 +13,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from handler_cli.config import ConfigError, Settings
+from handler_cli.config import Settings
 from handler_cli.intake.leases import LeaseKeeper
 from handler_cli.intake.records import RequestRecord, RequestStatus, iso
 from handler_cli.steps import Step
@@ -43,42 +42,6 @@ def retry_delay(attempt: int, settings: Settings) -> float:
     """The wait after the `attempt`-th run failed: doubling from the base, capped."""
     base = settings.handler_queue_retry_seconds
     return float(min(base * 2 ** max(attempt - 1, 0), settings.handler_queue_retry_max_seconds))
-
-
-@dataclass(frozen=True)
-class _Observed(Step):
-    """A step of the chain that remembers whether its failure may pass with time.
-
-    The runner records only the message on the document; the retry policy needs to know if
-    waiting can help (HubSpot down, 429, 5xx) or not (a rejected property, a bad address).
-    An unexpected exception (a full disk, a bug fixed by the next deploy) counts as
-    transient: retried, then dead-lettered, never dropped. A missing input says nothing by
-    itself: the step it waits for has its own cause.
-    """
-
-    inner: Step | None = field(default=None, compare=False)
-    causes: dict[str, bool] = field(default_factory=dict, compare=False, hash=False)
-
-    def load(self) -> Callable[[Document, Context], Document]:
-        from handler_cli.services import ServiceError
-        from handler_cli.steps import MissingInput
-
-        assert self.inner is not None
-        fn = self.inner.load()
-
-        def run(doc: Document, ctx: Context) -> Document:
-            try:
-                return fn(doc, ctx)
-            except ServiceError as exc:
-                self.causes[self.name] = exc.transient
-                raise
-            except (MissingInput, ConfigError):
-                raise
-            except Exception:
-                self.causes[self.name] = True
-                raise
-
-        return run
 
 
 class RequestRunner:
@@ -137,10 +100,6 @@ class RequestRunner:
         if self.stopping.is_set():
             self.hand_back(rec, doc, steps)
             return
-        causes: dict[str, bool] = {}
-        chain = [_Observed(s.name, s.module, s.summary, inner=s, causes=causes)
-                 for s in self.steps]
-
         def checkpoint(step: Step, current: Document, ok: bool) -> None:
             steps[step.name] = {"ok": ok, "at": iso(time.time())}
             if not self._save(rec, RequestStatus.RUNNING, current, steps,
@@ -150,7 +109,7 @@ class RequestRunner:
                 raise HandBack()
 
         try:
-            ok = run_chain(doc, self.context(), chain, checkpoint=checkpoint)
+            ok = run_chain(doc, self.context(), self.steps, checkpoint=checkpoint)
         except HandBack:
             self.hand_back(rec, doc, steps)
             return
@@ -166,7 +125,9 @@ class RequestRunner:
             log.info("%s: done (ticket %s)", rec.request_id, doc.ticket_id)
             return
         error = "; ".join(f"{e.step}: {e.error}" for e in doc.errors) or "a step failed"
-        if any(causes.get(e.step) for e in doc.errors):
+        # steps.apply() classified each failure once (StepError.transient): only a service
+        # that said "later" (down, 429, 5xx, timeout) is worth waiting for.
+        if any(e.transient for e in doc.errors):
             self._retry_or_fail(rec, doc, steps, error)
         else:
             self._save(rec, RequestStatus.FAILED, doc, steps, due_at=None, last_error=error)
