@@ -12,7 +12,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from handler_cli.commands import doctor, pipeline, poll, requests, serve, setup
+from handler_cli.commands import doctor, pipeline, poll, reply, requests, serve, setup
 from handler_cli.steps import STEPS
 
 STYLE: dict[str, Any] = dict(
@@ -25,8 +25,8 @@ COMMANDS: dict[str, tuple[str, Callable[..., None] | typer.Typer]] = {
        for step in STEPS.values()},
     "run": ("Pipeline", pipeline.run),
     "poll": ("Replies", poll.poll),
-    "reply": ("Replies", poll.reply),
-    "reply-intent": ("Replies", poll.reply_intent),
+    "reply": ("Replies", reply.reply),
+    "reply-intent": ("Replies", reply.reply_intent),
     "serve": ("Webhook", serve.serve),
     "requests": ("Webhook", requests.app),
     "doctor": ("Operations", doctor.doctor),

@@ -184,6 +184,17 @@ class Document(Payload):
                 names.append(item.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0])
         return names
 
+    def asking_emails(self) -> list[tuple[str, SentEmail]]:
+        """The e-mails that asked the client for an answer (quote or missing information),
+        by kind: the first one (`client`) and those sent after a reply (`client_after_*`)."""
+        return [(k, e) for k, e in self.emails.items()
+                if k == "client" or k.startswith("client_after_")]
+
+    def awaited_email(self) -> tuple[str, SentEmail] | None:
+        """The latest e-mail that asked the client for an answer: what a reply answers."""
+        asking = self.asking_emails()
+        return max(asking, key=lambda item: item[1].sent_at) if asking else None
+
     def add_note(self, note: str) -> None:
         if note not in self.notes:
             self.notes.append(note)

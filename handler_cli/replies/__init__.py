@@ -10,6 +10,7 @@ its ticket is shared here: our Message-IDs are `<{request_id}.{kind}@domain>`, s
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +65,20 @@ class Reply:
         """What goes into the ticket's `handler_replies_handled`: the CRM id when there is one
         (the CRM can then skip reading it), else the key."""
         return self.crm_id or self.key
+
+    def to_json(self) -> str:
+        """The reply without its file bytes (they are stored before anything else is done)."""
+        data = {k: v for k, v in vars(self).items() if k != "files"}
+        data["at"] = self.at.isoformat()
+        data["files"] = [{"name": f.name, "url": f.url} for f in self.files]
+        return json.dumps(data, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, raw: str) -> Reply:
+        data = json.loads(raw)
+        data["at"] = datetime.fromisoformat(data["at"])
+        data["files"] = tuple(ReplyFile(name=f["name"], url=f["url"]) for f in data["files"])
+        return cls(**data)
 
 
 def reply_key(message_id: str | None, crm_id: str | None = None) -> str:

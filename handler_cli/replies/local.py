@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from handler_cli.config import ConfigError
 from handler_cli.replies import (
     Handled,
     Reply,
@@ -27,7 +28,7 @@ from handler_cli.replies.hubspot import LocalCRMReplies
 
 if TYPE_CHECKING:
     from handler_cli.context import Context
-    from handler_cli.services import WaitingTicket
+    from handler_cli.services import EmailRecord, WaitingTicket
 
 log = logging.getLogger("handler_cli")
 
@@ -101,3 +102,43 @@ class LocalReplies:
             path.replace(target)
         except OSError as exc:  # the reply is recorded as handled anyway: only tidiness is lost
             log.warning("replies: cannot move %s to %s: %s", path, target.parent, exc.strerror)
+
+
+def record_reply(ctx: Context, ticket_id: str, text: str, files: Sequence[Path] = (),
+                 sender: str | None = None) -> EmailRecord:
+    """Log a client's reply on a ticket of the local CRM, as an e-mail answering the latest
+    one that asked them something; the next poll reads it like any reply.
+
+    Raises ConfigError when the CRM is not the local one (HubSpot's replies are read from the
+    ticket), when the ticket is unknown, a file is missing, or the reply is empty.
+    """
+    from email.utils import make_msgid
+
+    from handler_cli.services import EmailRecord, ServiceError
+
+    if ctx.crm.name != "local":
+        raise ConfigError(f"reply records a reply in the local CRM only; with {ctx.crm.name}, "
+                          "the client's e-mails are read from the ticket by `handler-cli poll`")
+    try:
+        ctx.crm.get_ticket(ticket_id)
+    except ServiceError:
+        raise ConfigError(f"no ticket {ticket_id} in the local CRM ({ctx.crm.describe()})") from None
+    paths = [p.expanduser().resolve() for p in files]
+    for path in paths:
+        if not path.is_file():
+            raise ConfigError(f"--file {path}: no such file")
+    if not text.strip() and not paths:
+        raise ConfigError("the reply is empty: give its text, or --file")
+    doc = ctx.documents.by_ticket(ticket_id)
+    awaited = doc.awaited_email() if doc else None
+    subject = f"Re: {awaited[1].subject}" if awaited else f"Re: [Ticket #{ticket_id}]"
+    s = ctx.settings
+    record = EmailRecord(
+        message_id=make_msgid(domain="reply.handler-cli.local"), direction="INCOMING",
+        sender=sender or (doc.user_email if doc else "client@inconnu.invalid"),
+        to=s.mail_reply_to or s.mail_from, subject=subject, text=text, at=ctx.now(),
+        in_reply_to=awaited[1].message_id if awaited else None,
+        attachments=tuple(str(p) for p in paths),
+    )
+    ctx.crm.log_email(ticket_id, record)
+    return record

@@ -1,0 +1,177 @@
+"""Carrying out a `Plan`: the e-mails, the subtask, the re-analysis, then the CRM update.
+
+Every effect is idempotent on its own (e-mails through `send_once`, the subtask through its
+ledger key), and the CRM update that moves the status and records the reply comes last,
+then the journal entry is marked done (docs/poll.md "Exactly once").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import TYPE_CHECKING, Any
+
+from handler_cli.mailing import send_once
+from handler_cli.poll.decide import DECIDED_STATUSES, complemented, question_kind
+from handler_cli.poll.journal import HANDLED_PROPERTY, HandledIndex, parse_tokens
+
+if TYPE_CHECKING:
+    from handler_cli.context import Context
+    from handler_cli.document import Document
+    from handler_cli.poll.decide import Plan
+    from handler_cli.poll.journal import PollJournal
+    from handler_cli.poll.report import PollReport
+    from handler_cli.replies import Reply
+
+log = logging.getLogger("handler_cli")
+
+
+def act(ctx: Context, journal: PollJournal, report: PollReport, doc: Document, reply: Reply,
+        plan: Plan, handled: HandledIndex | None) -> dict[str, Any]:
+    """Carry out `plan`; return what was done (a line of the ticket's outcome).
+
+    `handled` is None when resuming an earlier pass's action: the ticket may not be waiting
+    any more, so its handled replies are read from the CRM.
+    """
+    assert doc.ticket_id
+    sent_before = set(doc.emails)
+    props: dict[str, str] = {}
+    stored, changed = _file_lines(doc, reply)
+    if changed:
+        props["fichiers_urls"] = "\n".join(doc.fichiers_urls or [])
+    if plan.action == "validated":
+        props.update(_validate(ctx, report, doc, reply, plan, stored))
+    elif plan.action == "rejected":
+        doc.validation_status = "rejected"
+        props["validation_status"] = "rejected"
+        send_once(ctx, doc, "admin_refused", "admin_refused", ctx.settings.admin_email,
+                  {"reply_text": plan.text, "reply": reply, "files": stored,
+                   "ticket_url": ticket_url(ctx, doc)})
+    elif plan.action == "info" and plan.assessment is not None:
+        props.update(_complete(ctx, doc, reply, plan))
+    if plan.forward and plan.text:
+        send_once(ctx, doc, question_kind(plan.text), "admin_question", ctx.settings.admin_email,
+                  {"question": plan.text, "reply": reply, "files": stored,
+                   "ticket_url": ticket_url(ctx, doc),
+                   "is_question": plan.reading.intent == "question",
+                   "after_decision": plan.action == "forwarded"
+                   and doc.validation_status in DECIDED_STATUSES})
+    now = ctx.now()
+    if handled is None:
+        handled = HandledIndex(journal, [])
+        current = ctx.crm.get_ticket(doc.ticket_id).get(HANDLED_PROPERTY, "")
+        handled.tokens[doc.ticket_id] = parse_tokens(current)
+    props[HANDLED_PROPERTY] = handled.add(reply, now)
+    ctx.crm.update_ticket(doc.ticket_id, props)
+    ctx.documents.save(doc)
+    journal.finish(reply, now)
+    result = plan.describe(reply)
+    result["status"] = doc.validation_status
+    result["emails"] = [k for k in doc.emails if k not in sent_before]
+    log.info("%s: ticket %s: reply %s (%s, %s) → %s", doc.request_id, doc.ticket_id,
+             reply.key, plan.reading.intent, plan.reading.method, plan.action)
+    return result
+
+
+def _validate(ctx: Context, report: PollReport, doc: Document, reply: Reply, plan: Plan,
+              stored: list[str]) -> dict[str, str]:
+    """Step 6 (a ClickUp failure is recorded and retried later), then the two e-mails."""
+    from handler_cli.steps import STEPS, apply
+
+    doc.validation_status = "validated"
+    ok = apply(STEPS["subtask"], doc, ctx)
+    error = None if ok else next(
+        (e.error for e in doc.errors if e.step == "subtask"), "unknown error")
+    if error:
+        report.fail(f"ticket {doc.ticket_id}: subtask not created yet ({error}); "
+                    "the next poll tries again")
+    extra = {"reply_text": plan.text, "reply": reply, "files": stored, "subtask_ok": ok,
+             "subtask_error": error, "ticket_url": ticket_url(ctx, doc)}
+    send_once(ctx, doc, "admin_validated", "admin_validated", ctx.settings.admin_email, extra)
+    send_once(ctx, doc, "client_validated", "client_validated", doc.user_email, extra)
+    return {"validation_status": "validated"}
+
+
+def _complete(ctx: Context, doc: Document, reply: Reply, plan: Plan) -> dict[str, str]:
+    """The missing information arrived: record it, and send a quote or what still lacks."""
+    from handler_cli.document import Analysis
+    from handler_cli.steps.notify_client import client_template
+
+    assessment = plan.assessment
+    assert assessment is not None
+    doc.description = complemented(doc.description, plan.text, reply.at)
+    doc.credits_estimes = assessment.credits
+    doc.completeness = assessment.completeness
+    doc.missing_info = list(assessment.missing_info)
+    doc.validation_status = assessment.validation_status
+    doc.analysis = Analysis(rule=assessment.rule, reasons=list(assessment.reasons))
+    if assessment.validation_status == "pending_admin":
+        send_once(ctx, doc, f"admin_complex_after_{reply.key}", "admin_complex",
+                  ctx.settings.admin_email)
+    send_once(ctx, doc, f"client_after_{reply.key}", client_template(doc), doc.user_email)
+    return {"validation_status": assessment.validation_status,
+            "credits_estimes": str(assessment.credits) if assessment.credits else ""}
+
+
+def keep_files(ctx: Context, doc: Document, reply: Reply) -> Reply:
+    """Store the reply's attachments before anything else; the reply then carries links.
+
+    A file store that fails here raises before the action begins, so the reply is read
+    again (with its bytes) by the next poll; once begun, the journal keeps the links.
+    """
+    from handler_cli.attachments import (
+        ALLOWED_EXTENSIONS,
+        EXTRA_TYPES,
+        FileRejected,
+        extension,
+        safe_name,
+    )
+    from handler_cli.replies import ReplyFile
+    from handler_cli.steps import note
+
+    if all(item.data is None for item in reply.files):
+        return reply
+    kept: list[ReplyFile] = []
+    cap = ctx.settings.handler_max_file_bytes
+    for item in reply.files:
+        if item.data is None:
+            kept.append(item)
+            continue
+        try:
+            name = safe_name(item.name)
+            if extension(name) not in ALLOWED_EXTENSIONS:
+                raise FileRejected(f"type de fichier non accepté (.{extension(name) or '?'})")
+            if len(item.data) > cap:
+                raise FileRejected(f"fichier trop volumineux (plus de {cap // 1_048_576} Mo)")
+        except FileRejected as exc:
+            note(doc, ctx, f"Pièce jointe « {item.name} » de la réponse du client "
+                           f"écartée : {exc}.")
+            continue
+        content_type = EXTRA_TYPES.get(extension(name)) or item.content_type
+        key = f"requests/{reply.at:%Y-%m-%d}/{doc.request_id}/reponse-{reply.key}-{name}"
+        link = ctx.files.put(key, item.data, content_type)
+        kept.append(ReplyFile(name=name, url=link, content_type=content_type))
+    return dataclasses.replace(reply, files=tuple(kept))
+
+
+def _file_lines(doc: Document, reply: Reply) -> tuple[list[str], bool]:
+    """Add the reply's links to the request's files; return what the admin reads about
+    them, and whether the request's files changed."""
+    lines: list[str] = []
+    new: list[str] = []
+    for item in reply.files:
+        if item.url:
+            lines.append(item.url)
+            if item.url not in (doc.fichiers_urls or []) and item.url not in new:
+                new.append(item.url)
+        else:
+            lines.append(f"{item.name} (pièce jointe restée dans le CRM)")
+    if new:
+        doc.fichiers_urls = [*(doc.fichiers_urls or []), *new]
+    return lines, bool(new)
+
+
+def ticket_url(ctx: Context, doc: Document) -> str:
+    if doc.ticket_url:
+        return doc.ticket_url
+    return ctx.crm.ticket_url(doc.ticket_id) if doc.ticket_id else ""

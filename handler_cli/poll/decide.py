@@ -1,0 +1,147 @@
+"""What a client's reply calls for: the poll's rules as one pure function, `decide()`.
+
+`decide(doc, reply, text, reading)` looks only at where the ticket stands, the reply and how
+its words were read; it sends nothing and writes nothing, so docs/poll.md's table ("What it
+does with a reply") is tested row by row against it (`tests/test_poll_decide.py`). The one
+outside read, the reply's intent (keywords, maybe the LLM), is done before, by the runner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from handler_cli.text import fold
+
+if TYPE_CHECKING:
+    from handler_cli.document import Document
+    from handler_cli.replies import Reply
+    from handler_cli.steps.analyze import Assessment
+
+WAITING_STATUSES = ("pending_credits", "pending_info")
+DECIDED_STATUSES = ("validated", "rejected")
+COMPLEMENT_HEADER = "--- Complément du client"
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What a reply was read as (kept in the journal, so a resumed action needs no re-read)."""
+
+    intent: str
+    confiance: float
+    method: str
+
+
+@dataclass
+class Plan:
+    """What a reply calls for, decided before anything is done (dry-run stops here)."""
+
+    action: str  # validated | rejected | question | info | forwarded | ignored
+    reading: Reading
+    text: str  # the reply without quoted history and signature
+    assessment: Assessment | None = None
+    forward: bool = False  # the admin gets the client's words
+
+    def describe(self, reply: Reply) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "reply": reply.key, "source": reply.source, "at": reply.at.isoformat(),
+            "intent": self.reading.intent, "confiance": round(self.reading.confiance, 3),
+            "method": self.reading.method, "action": self.action,
+        }
+        if self.assessment is not None:
+            data["assessment"] = {
+                "validation_status": self.assessment.validation_status,
+                "credits_estimes": self.assessment.credits,
+                "missing_info": list(self.assessment.missing_info),
+            }
+        if reply.files:
+            data["files"] = [f.name for f in reply.files]
+        return data
+
+
+def decide(doc: Document, reply: Reply, text: str, reading: Reading) -> Plan:
+    """What `reply` (its words `text`, read as `reading`) calls for, given where `doc` stands."""
+    kind = reading.intent
+    status = doc.validation_status
+    if reply.automatic:  # an out-of-office says nothing about the quote, whatever its words
+        return Plan("ignored", reading, text)
+    if status in DECIDED_STATUSES:  # an earlier reply of this pass decided already
+        action = "forwarded" if (kind != "none" or reply.files) else "ignored"
+        return Plan(action, reading, text, forward=action == "forwarded")
+    if kind == "refus":
+        return Plan("rejected", reading, text)
+    if status == "pending_info":
+        assessment = reassess(doc, text, reply)
+        if assessment is not None:
+            return Plan("info", reading, text, assessment=assessment,
+                        forward=kind == "question")
+        if kind == "question":
+            return Plan("question", reading, text, forward=True)
+        # "Je valide" with no quote sent yet, or files the grid cannot use: a person reads it.
+        forward = kind == "validation" or bool(reply.files)
+        return Plan("forwarded" if forward else "ignored", reading, text, forward=forward)
+    if kind == "validation":
+        return Plan("validated", reading, text)
+    if kind == "question":
+        return Plan("question", reading, text, forward=True)
+    if reply.files:
+        return Plan("forwarded", reading, text, forward=True)
+    return Plan("ignored", reading, text)
+
+
+def assess_with(doc: Document, text: str, reply: Reply) -> Assessment:
+    """The credit grid on the request with this reply's words and files added."""
+    from handler_cli.steps.analyze import assess
+
+    names = request_file_names(doc) + [f.name for f in reply.files]
+    return assess(doc.objet, complemented(doc.description, text, reply.at), names)
+
+
+def reassess(doc: Document, text: str, reply: Reply) -> Assessment | None:
+    """The grid again on the request plus this reply; None when the reply adds nothing."""
+    from handler_cli.steps.analyze import load_grid
+
+    result = assess_with(doc, text, reply)
+    if reply.files or result.validation_status != "pending_info":
+        return result
+    # Any reply has words, so "the object is named" alone proves little ("je regarde ça
+    # demain"): it counts only when the object's name was all that was missing.
+    name_item = load_grid().completeness.missing_info.object
+    before, after = set(doc.missing_info or []), set(result.missing_info)
+    if before == {name_item}:
+        return result if not after else None
+    return result if after - {name_item} < before - {name_item} else None
+
+
+def request_file_names(doc: Document) -> list[str]:
+    """The names of the request's files: those the client sent, and those stored since."""
+    names = doc.file_names()
+    for url in doc.fichiers_urls or []:
+        name = url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+        if name and name not in names:
+            names.append(name)
+    return names
+
+
+def simulate(doc: Document, plan: Plan) -> None:
+    """Dry-run: move the in-memory status only, so later replies are planned in context."""
+    if plan.action in DECIDED_STATUSES:
+        doc.validation_status = plan.action  # type: ignore[assignment]
+    elif plan.action == "info" and plan.assessment is not None:
+        doc.validation_status = plan.assessment.validation_status
+
+
+def question_kind(text: str) -> str:
+    """The same question (however it is spaced or accented) is forwarded once."""
+    return "admin_question_" + hashlib.sha256(fold(text).encode()).hexdigest()[:12]
+
+
+def complemented(description: str, text: str, at: datetime) -> str:
+    """The request's description with the client's complement appended (once)."""
+    text = text.strip()
+    if not text or text in description:
+        return description
+    added = f"{description}\n\n{COMPLEMENT_HEADER} ({at:%d/%m/%Y}) ---\n{text}"
+    return added[:20_000]

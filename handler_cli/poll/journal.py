@@ -1,0 +1,180 @@
+"""The poll's memory: which replies were acted on, what was decided, and whether it finished.
+
+docs/poll.md "Exactly once": an entry is written *acting* before a reply's first effect and
+*done* after its last, so the next pass knows what to finish. The ticket property
+`handler_replies_handled` records the same replies in the CRM (HubSpot then skips reading
+them); the journal adds the dates the reminders need.
+
+The poll uses the journal only through `PollJournal`, so its storage can move (today one
+SQLite file, `poll.sqlite3` in the data dir) without touching the pass.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from handler_cli.poll.decide import Reading
+from handler_cli.sqlite import connect
+
+if TYPE_CHECKING:
+    from handler_cli.replies import Reply
+    from handler_cli.services import WaitingTicket
+
+HANDLED_PROPERTY = "handler_replies_handled"
+HANDLED_PROPERTY_LIMIT = 60_000  # HubSpot string properties hold 65,536 characters
+
+
+@dataclass(frozen=True)
+class Begun:
+    """A journal entry: a reply and what was decided for it (still "acting" until finished)."""
+
+    reply: Reply
+    request_id: str
+    action: str
+    reading: Reading
+    text: str
+    forward: bool
+
+
+class PollJournal(Protocol):
+    """What the poll needs from its journal, whatever stores it."""
+
+    def begin(self, entry: Begun, at: datetime) -> None:
+        """Note the decision before acting; a second begin of the same reply keeps the first."""
+        ...
+
+    def finish(self, reply: Reply, at: datetime) -> None:
+        """The reply's action is complete."""
+        ...
+
+    def unfinished(self) -> list[Begun]:
+        """Entries begun and not finished, oldest first."""
+        ...
+
+    def rows(self, ticket_ids: Sequence[str]) -> list[tuple[str, str, str | None, str]]:
+        """(ticket_id, reply_key, crm_id, started_at) of these tickets, begun or done."""
+        ...
+
+    def actions(self, ticket_id: str) -> list[tuple[str, str, str, str]]:
+        """(reply_key, intent, action, state) of a ticket, oldest first."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Journal:
+    """`PollJournal` in one SQLite file (`poll.sqlite3` in the data dir)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = connect(
+            path,
+            "CREATE TABLE IF NOT EXISTS replies (ticket_id TEXT NOT NULL, reply_key TEXT NOT NULL,"
+            " crm_id TEXT, source TEXT NOT NULL, request_id TEXT NOT NULL, state TEXT NOT NULL,"
+            " intent TEXT NOT NULL, confiance REAL NOT NULL, method TEXT NOT NULL,"
+            " action TEXT NOT NULL, forward INTEGER NOT NULL, text TEXT NOT NULL,"
+            " reply TEXT NOT NULL, started_at TEXT NOT NULL, handled_at TEXT,"
+            " PRIMARY KEY (ticket_id, reply_key))",
+        )
+
+    def begin(self, entry: Begun, at: datetime) -> None:
+        reply, reading = entry.reply, entry.reading
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO replies (ticket_id, reply_key, crm_id, source, request_id, state,"
+                " intent, confiance, method, action, forward, text, reply, started_at)"
+                " VALUES (?, ?, ?, ?, ?, 'acting', ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(ticket_id, reply_key) DO NOTHING",
+                (reply.ticket_id, reply.key, reply.crm_id, reply.source, entry.request_id,
+                 reading.intent, reading.confiance, reading.method, entry.action,
+                 int(entry.forward), entry.text, reply.to_json(), at.isoformat()),
+            )
+
+    def finish(self, reply: Reply, at: datetime) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE replies SET state = 'done', handled_at = ? WHERE ticket_id = ?"
+                " AND reply_key = ?", (at.isoformat(), reply.ticket_id, reply.key),
+            )
+
+    def unfinished(self) -> list[Begun]:
+        from handler_cli.replies import Reply
+
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT reply, request_id, action, intent, confiance, method, text, forward"
+                " FROM replies WHERE state = 'acting' ORDER BY started_at"
+            ).fetchall()
+        return [Begun(Reply.from_json(r[0]), r[1], r[2], Reading(r[3], r[4], r[5]), r[6],
+                      bool(r[7])) for r in rows]
+
+    def rows(self, ticket_ids: Sequence[str]) -> list[tuple[str, str, str | None, str]]:
+        found: list[tuple[str, str, str | None, str]] = []
+        with self._lock:
+            for start in range(0, len(ticket_ids), 500):
+                chunk = list(ticket_ids[start:start + 500])
+                marks = ",".join("?" * len(chunk))
+                found += self._db.execute(
+                    "SELECT ticket_id, reply_key, crm_id, started_at FROM replies"
+                    f" WHERE ticket_id IN ({marks})", chunk,
+                ).fetchall()
+        return found
+
+    def actions(self, ticket_id: str) -> list[tuple[str, str, str, str]]:
+        with self._lock:
+            return self._db.execute(
+                "SELECT reply_key, intent, action, state FROM replies WHERE ticket_id = ?"
+                " ORDER BY started_at", (ticket_id,),
+            ).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def parse_tokens(value: str | None) -> list[str]:
+    return [t for t in (value or "").replace(",", " ").replace(";", " ").split() if t]
+
+
+class HandledIndex:
+    """What was handled for the waiting tickets: the journal plus the tickets' own property."""
+
+    def __init__(self, journal: PollJournal, waiting: Sequence[WaitingTicket]) -> None:
+        self.keys: dict[str, set[str]] = {}
+        self.tokens: dict[str, list[str]] = {}
+        self.last_handled: dict[str, datetime] = {}
+        for ticket in waiting:
+            self.tokens[ticket.ticket_id] = parse_tokens(ticket.properties.get(HANDLED_PROPERTY))
+            self.keys[ticket.ticket_id] = set(self.tokens[ticket.ticket_id])
+        for ticket_id, key, crm_id, handled_at in journal.rows([t.ticket_id for t in waiting]):
+            self.keys.setdefault(ticket_id, set()).update(k for k in (key, crm_id) if k)
+            at = datetime.fromisoformat(handled_at)
+            if ticket_id not in self.last_handled or at > self.last_handled[ticket_id]:
+                self.last_handled[ticket_id] = at
+
+    def is_handled(self, ticket_id: str, reply: Reply) -> bool:
+        known = self.keys.get(ticket_id, set())
+        return reply.key in known or (reply.crm_id is not None and reply.crm_id in known)
+
+    def crm_ids(self, ticket_ids: Iterable[str]) -> set[str]:
+        return {k for t in ticket_ids for k in self.keys.get(t, set())}
+
+    def add(self, reply: Reply, at: datetime) -> str:
+        """Note `reply` as handled; return the ticket's new `handler_replies_handled` value."""
+        ticket_id = reply.ticket_id
+        self.keys.setdefault(ticket_id, set()).update(k for k in (reply.key, reply.crm_id) if k)
+        tokens = self.tokens.setdefault(ticket_id, [])
+        if reply.handled_token not in tokens:
+            tokens.append(reply.handled_token)
+        self.last_handled[ticket_id] = at
+        value = " ".join(tokens)
+        while len(value) > HANDLED_PROPERTY_LIMIT and len(tokens) > 1:
+            tokens.pop(0)  # the oldest replies are long read: the journal still has them
+            value = " ".join(tokens)
+        return value

@@ -1,0 +1,187 @@
+"""One pass of the poll: waiting tickets → their documents → new replies → `decide` → act.
+
+Actions an earlier pass began are finished first (`resume`), then each waiting ticket's new
+replies are read and acted on oldest first; a ticket with none gets its follow-up (reminder,
+stale); last, validated requests still without their subtask get step 6 again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from handler_cli.config import ConfigError
+from handler_cli.poll.actions import act, keep_files
+from handler_cli.poll.decide import WAITING_STATUSES, Plan, Reading, assess_with, decide, simulate
+from handler_cli.poll.follow_up import follow_up, retry_subtasks
+from handler_cli.poll.journal import Begun, HandledIndex, Journal
+from handler_cli.poll.report import PollReport
+from handler_cli.services import ServiceError
+
+if TYPE_CHECKING:
+    from handler_cli.context import Context
+    from handler_cli.document import Document
+    from handler_cli.poll.journal import PollJournal
+    from handler_cli.replies import Reply, ReplySource
+    from handler_cli.services import LLM, WaitingTicket
+
+log = logging.getLogger("handler_cli")
+
+DEFAULT_LOOKBACK = timedelta(days=90)
+
+
+def read_reply(text: str, llm: LLM | None) -> Reading:
+    """The intent of a reply already stripped of its quoted history."""
+    from handler_cli.intent import read_intent
+
+    result = read_intent(text, llm=llm)
+    return Reading(str(result.intent), float(result.confiance), str(result.method))
+
+
+class Poller:
+    """One pass of the poll. Build it, call `run()`; `dry_run` decides without doing."""
+
+    def __init__(self, ctx: Context, *, dry_run: bool = False,
+                 sources: Sequence[ReplySource] | None = None,
+                 journal: PollJournal | None = None) -> None:
+        self.ctx = ctx
+        self.dry_run = dry_run
+        self._sources = sources
+        self.journal: PollJournal = journal or Journal(ctx.settings.data_dir / "poll.sqlite3")
+        self.report = PollReport(dry_run=dry_run)
+
+    def run(self) -> PollReport:
+        from handler_cli.replies import build_sources
+
+        sources = list(self._sources) if self._sources is not None else build_sources(self.ctx)
+        done = self._resume()
+        try:
+            waiting = self.ctx.crm.waiting_tickets(WAITING_STATUSES)
+        except ServiceError as exc:
+            self.report.fail(f"cannot list the waiting tickets: {exc}")
+            waiting = []
+        docs: dict[str, Document] = {}
+        for ticket in waiting:
+            doc = self.ctx.documents.by_ticket(ticket.ticket_id) or (
+                self.ctx.documents.get(ticket.request_id) if ticket.request_id else None)
+            if doc is None:
+                self.report.orphans.append(ticket.ticket_id)
+            else:
+                docs[ticket.ticket_id] = doc
+        known = [t for t in waiting if t.ticket_id in docs]
+        self.report.waiting = len(known)
+        if self.report.orphans:
+            log.warning("poll: %d waiting ticket(s) have no request document in %s (e.g. %s); "
+                        "their replies are left for the team", len(self.report.orphans),
+                        self.ctx.settings.data_dir, ", ".join(self.report.orphans[:5]))
+
+        handled = HandledIndex(self.journal, known)
+        replies, owner = self._fetch(sources, known, handled, docs)
+        self.report.replies = sum(len(r) for r in replies.values())
+        for ticket in known:
+            found = replies.get(ticket.ticket_id)
+            if found:
+                self._answer(ticket, docs[ticket.ticket_id], found, handled, owner)
+                done.add(ticket.ticket_id)
+            elif ticket.ticket_id not in done:
+                follow_up(self.ctx, self.report, ticket, docs[ticket.ticket_id], handled)
+        retry_subtasks(self.ctx, self.report, done)
+        return self.report
+
+    def _fetch(
+        self, sources: Sequence[ReplySource], waiting: Sequence[WaitingTicket],
+        handled: HandledIndex, docs: dict[str, Document],
+    ) -> tuple[dict[str, list[Reply]], dict[str, ReplySource]]:
+        """New replies per ticket from every source, oldest first, each reply once."""
+        if not waiting:
+            return {}, {}
+        firsts = [e.sent_at for d in docs.values() for _, e in d.asking_emails()]
+        since = min(firsts) if firsts else self.ctx.now() - DEFAULT_LOOKBACK
+        merged: dict[str, dict[str, Reply]] = {}
+        owner: dict[str, ReplySource] = {}
+        for source in sources:
+            try:
+                found = source.fetch(waiting, handled, since)
+            except ServiceError as exc:
+                self.report.fail(f"reply source {source.name}: {exc}")
+                continue
+            for ticket_id, replies in found.items():
+                for reply in replies:
+                    if reply.key not in merged.setdefault(ticket_id, {}):
+                        merged[ticket_id][reply.key] = reply
+                        owner[reply.key] = source
+        return ({t: sorted(r.values(), key=lambda x: x.at) for t, r in merged.items() if r},
+                owner)
+
+    def _answer(self, ticket: WaitingTicket, doc: Document, replies: list[Reply],
+                handled: HandledIndex, owner: dict[str, ReplySource]) -> None:
+        outcome = self.report.outcome(ticket.ticket_id, doc.request_id, ticket.validation_status)
+        # The CRM is the truth: an admin may have moved the ticket since the document was kept.
+        doc.validation_status = ticket.validation_status  # type: ignore[assignment]
+        if ticket.properties.get("credits_estimes", "").isdigit():
+            doc.credits_estimes = int(ticket.properties["credits_estimes"])
+        for reply in replies:
+            try:
+                plan = self._plan(doc, reply)
+                if self.dry_run:
+                    simulate(doc, plan)
+                    outcome.actions.append(plan.describe(reply))
+                    continue
+                kept = keep_files(self.ctx, doc, reply)
+                self.journal.begin(Begun(kept, doc.request_id, plan.action, plan.reading,
+                                         plan.text, plan.forward), self.ctx.now())
+                outcome.actions.append(
+                    act(self.ctx, self.journal, self.report, doc, kept, plan, handled))
+                owner[reply.key].acknowledge(reply)
+            except ServiceError as exc:
+                outcome.error = str(exc)
+                self.report.fail(f"ticket {ticket.ticket_id}: {exc}; the next poll finishes it")
+                break  # later replies wait: they may depend on this one
+            except ConfigError:
+                raise
+            except Exception as exc:  # a bug must not stop the other tickets: report it
+                outcome.error = f"unexpected {type(exc).__name__}: {exc}"
+                log.debug("poll: ticket %s", ticket.ticket_id, exc_info=True)
+                self.report.fail(f"ticket {ticket.ticket_id}: {outcome.error}")
+                break
+        outcome.status = doc.validation_status or outcome.status
+        outcome.clickup_subtask_id = doc.clickup_subtask_id
+
+    def _resume(self) -> set[str]:
+        """Finish the actions an earlier pass began and did not end (crash, backend down)."""
+        resumed: set[str] = set()
+        for begun in self.journal.unfinished():
+            reply = begun.reply
+            doc = self.ctx.documents.by_ticket(reply.ticket_id)
+            if doc is None:
+                self.report.fail(f"ticket {reply.ticket_id}: cannot finish the action on reply "
+                                 f"{reply.key}: no request document")
+                continue
+            outcome = self.report.outcome(reply.ticket_id, doc.request_id,
+                                          doc.validation_status or "")
+            resumed.add(reply.ticket_id)
+            plan = Plan(begun.action, begun.reading, begun.text, forward=begun.forward)
+            if plan.action == "info":
+                plan.assessment = assess_with(doc, plan.text, reply)
+            if self.dry_run:
+                outcome.actions.append({**plan.describe(reply), "resumed": True})
+                continue
+            try:
+                outcome.actions.append(
+                    {**act(self.ctx, self.journal, self.report, doc, reply, plan, None),
+                     "resumed": True})
+            except ServiceError as exc:
+                outcome.error = str(exc)
+                self.report.fail(f"ticket {reply.ticket_id}: still cannot finish: {exc}")
+            outcome.status = doc.validation_status or outcome.status
+            outcome.clickup_subtask_id = doc.clickup_subtask_id
+        return resumed
+
+    def _plan(self, doc: Document, reply: Reply) -> Plan:
+        """Read the reply (the one outside call: the LLM may be asked), then `decide`."""
+        from handler_cli.intent import strip_quoted
+
+        text = strip_quoted(reply.text).strip()
+        return decide(doc, reply, text, read_reply(text, self.ctx.llm))
