@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 RequestType = Literal["SUPPORT", "MODELISATION"]
 Source = Literal["contact", "modelisation"]
@@ -21,11 +23,107 @@ ValidationStatus = Literal["pending_info", "pending_credits", "pending_admin", "
 
 SOURCE_TYPE: dict[str, RequestType] = {"contact": "SUPPORT", "modelisation": "MODELISATION"}
 
-# Deliberately simple: one @, no spaces, a dotted domain. Deliverability is SMTP's job.
+# Deliberately simple: one @, a dotted domain, ASCII only (RFC 5322 atext in the local part).
+# Deliverability is SMTP's job; an accented address would need SMTPUTF8 from every relay and
+# CRM on the way, so it is refused here with a clear 422 rather than failing later.
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
-_EMAIL = re.compile(rf"^[^@\s<>()\[\],;:\"]{{1,64}}@{_LABEL}(?:\.{_LABEL})+$")
+_EMAIL = re.compile(rf"^[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~.-]{{1,64}}@{_LABEL}(?:\.{_LABEL})+$")
 
 MAX_FILES = 20
+# How deep an extra field of the payload may nest. Ours go three levels deep (fichiers, an
+# item, its name); past this, a sender is probing the JSON encoders' recursion limits.
+MAX_NESTING = 32
+
+# --- text that reaches a header or a one-line place ---------------------------------------------
+# Every character str.splitlines() breaks on, plus the other controls (Cc) and the invisible
+# format characters (Cf: bidi overrides, zero-width spaces) that could forge or hide a line.
+_KEEP_JOINERS = frozenset("\u200c\u200d")  # ZWNJ and ZWJ: emoji and scripts need them
+_BIDI_AND_BREAKS = re.compile("\r\n?|[\n\v\f\x1c-\x1e\x85\u2028\u2029]")
+
+
+def _unsafe(char: str) -> bool:
+    category = unicodedata.category(char)
+    return category in ("Cc", "Zl", "Zp") or (category == "Cf" and char not in _KEEP_JOINERS)
+
+
+def one_line(value: str) -> str:
+    """`value` on one line: line breaks and controls become spaces, invisible format
+    characters go, runs of spaces become one. What a client writes in `objet` or
+    `user_name` can then never start a line of its own in an e-mail or a header."""
+    if value.isprintable():  # the common case, in C: no control, break or odd space
+        return " ".join(value.split())
+    cleaned = "".join(
+        (" " if unicodedata.category(c) != "Cf" else "") if not c.isprintable() and _unsafe(c)
+        else c for c in value
+    )
+    return " ".join(cleaned.split())
+
+
+def multi_line(value: str) -> str:
+    """Free text keeps its lines, all broken by "\\n" only; other controls and the invisible
+    format characters (bidi overrides, zero-width spaces) go."""
+    text = _BIDI_AND_BREAKS.sub("\n", value)
+    if all(line.isprintable() for line in text.split("\n")):
+        return text.strip()
+    return "".join(
+        c for c in text if c in "\n\t" or c.isprintable() or not _unsafe(c)
+    ).strip()
+
+
+def _not_blank(value: str) -> str:
+    if not value:
+        raise ValueError("must contain visible text")
+    return value
+
+
+def _file_reference(value: str) -> str:
+    """A file given as a string: a URL, or a local path (CLI only). One line, and a URL
+    must parse; whether it may be fetched is the download's business (a note, not a 422)."""
+    if not value.isprintable() and any(_unsafe(c) for c in value):
+        raise ValueError("must not contain line breaks or control characters")
+    if "://" in value or value.lower().startswith(("http:", "https:")):
+        _check_url(value)
+    return value
+
+
+def _check_url(value: str) -> None:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a port out of range or not a number
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL ({exc})") from None
+    if parts.scheme.lower() in ("http", "https") and not parts.hostname:
+        raise ValueError("not a valid URL (no host)")
+
+
+def _nesting_problem(data: dict[str, Any], known: Any) -> tuple[str, str] | None:
+    """(field, message) for an extra field nested too deep or holding text that is not
+    Unicode (a lone surrogate): either one would make the document impossible to write.
+    Iterative, so depth itself cannot exhaust the stack."""
+    surrogate = _SURROGATE
+    for key, value in data.items():
+        if key in known:
+            continue  # declared fields are validated by their types
+        if isinstance(key, str) and surrogate.search(key):
+            return key.encode("utf-8", "backslashreplace").decode(), "not a valid Unicode name"
+        stack: list[tuple[Any, int]] = [(value, 1)]
+        while stack:
+            item, depth = stack.pop()
+            if isinstance(item, str):
+                if not item.isascii() and surrogate.search(item):
+                    return key, "contains text that is not valid Unicode"
+            elif isinstance(item, (dict, list)):
+                if depth > MAX_NESTING:
+                    return key, f"nested deeper than {MAX_NESTING} levels"
+                children = item.items() if isinstance(item, dict) else enumerate(item)
+                for child_key, child in children:
+                    if isinstance(child_key, str) and surrogate.search(child_key):
+                        return key, "contains text that is not valid Unicode"
+                    stack.append((child, depth + 1))
+    return None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def empty_list() -> list[Any]:
@@ -46,8 +144,10 @@ class FileObject(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=255)
-    url: str | None = Field(default=None, max_length=2048)
+    name: Annotated[str, AfterValidator(one_line), AfterValidator(_not_blank)] = Field(
+        min_length=1, max_length=255)
+    url: Annotated[str, AfterValidator(_file_reference)] | None = Field(
+        default=None, max_length=2048)
     content_base64: str | None = None
 
     @model_validator(mode="after")
@@ -57,7 +157,7 @@ class FileObject(BaseModel):
         return self
 
 
-FileItem = str | FileObject
+FileItem = Annotated[str, AfterValidator(_file_reference)] | FileObject
 
 
 class Classification(BaseModel):
@@ -111,9 +211,38 @@ class Payload(BaseModel):
     @field_validator("user_email")
     @classmethod
     def _email(cls, value: str) -> str:
+        if not value.isascii():
+            raise ValueError("not a valid e-mail address: accented or non-Latin characters "
+                             "are not accepted")
         if not _EMAIL.match(value):
             raise ValueError("not a valid e-mail address")
         return value.lower()
+
+    @field_validator("objet", "user_name")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        return _not_blank(one_line(value))
+
+    @field_validator("description")
+    @classmethod
+    def _free_text(cls, value: str) -> str:
+        return _not_blank(multi_line(value))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _extra_fields_writable(cls, data: Any) -> Any:
+        """An extra field nested hundreds deep, or holding a lone surrogate, would pass
+        validation and then fail every write of the document: refuse it here, by name."""
+        if isinstance(data, dict) and not data.keys() <= cls.model_fields.keys() and \
+                (problem := _nesting_problem(data, cls.model_fields)):
+            from pydantic_core import PydanticCustomError, ValidationError
+
+            field, message = problem
+            raise ValidationError.from_exception_data(cls.__name__, [{
+                "type": PydanticCustomError("payload_shape", message),
+                "loc": (field,), "input": data.get(field),
+            }])
+        return data
 
     @field_validator("fichiers", mode="before")
     @classmethod

@@ -60,9 +60,11 @@ def read_values(stream: IO[bytes]) -> Iterator[tuple[int, Any] | InputError]:
         return
     try:
         json.loads(first)
-    except ValueError:  # incomplete JSON, or not UTF-8: read the rest as one value
+    except (json.JSONDecodeError, UnicodeDecodeError):  # incomplete, or not UTF-8: read it whole
         yield from _whole(first + b"".join(lines), first_number)
         return
+    except (RecursionError, ValueError):  # complete but refused (too deep, huge number): lines
+        pass
     yield from _whole(first, first_number)
     for number, raw in enumerate(lines, start=first_number + 1):
         if raw.strip():
@@ -81,6 +83,12 @@ def _whole(raw: bytes, line: int) -> Iterator[tuple[int, Any] | InputError]:
     except json.JSONDecodeError as exc:
         where = f" at column {exc.colno}" if exc.lineno == 1 else ""
         yield InputError(line + exc.lineno - 1, [f"not valid JSON ({exc.msg}{where})"])
+        return
+    except RecursionError:  # past ~1,000 levels the decoder gives up, not with a JSON error
+        yield InputError(line, ["not valid JSON (nested too deeply)"])
+        return
+    except ValueError as exc:  # a number of more than 4,300 digits
+        yield InputError(line, [f"not valid JSON ({exc})"])
         return
     for item in data if isinstance(data, list) else [data]:
         yield line, item

@@ -15,7 +15,7 @@ from email.utils import format_datetime, formataddr, parseaddr
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from handler_cli.document import SentEmail
+from handler_cli.document import SentEmail, one_line
 
 if TYPE_CHECKING:
     from jinja2 import Environment
@@ -25,16 +25,40 @@ if TYPE_CHECKING:
 
 PACKAGE_TEMPLATES = Path(__file__).parent / "templates"  # in an installed wheel
 SOURCE_TEMPLATES = Path(__file__).parent.parent / "templates"  # in a source checkout
-_HEADER_UNSAFE = re.compile(r"[\r\n\x00-\x1f\x7f]+")
 
 
 def header_safe(value: str) -> str:
-    """Collapse control characters: a newline in a client's `objet` never reaches a header."""
-    return _HEADER_UNSAFE.sub(" ", value).strip()
+    """One line: every Unicode line break (U+2028, U+0085... not only CR and LF), control and
+    invisible format character becomes a space or goes. The payload model already does this
+    to the client's one-line fields; this is the last gate before a header, for whatever
+    else reaches one (a template's subject, a name read from a reply)."""
+    return one_line(value)
 
 
 def _fr_date(value: datetime) -> str:
     return value.strftime("%d/%m/%Y")
+
+
+class Lines(str):
+    """Text a template may spread over several lines (what the `quoted` filter returns)."""
+
+
+# Controls and every character str.splitlines() breaks on (tab aside).
+_BREAKS_LINE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _stay_on_one_line(value: Any) -> Any:
+    """Jinja's `finalize`: every `{{ value }}` of a template prints on one line, so no value
+    (a client's name, a file name, an error message) can write a line of its own, such as a
+    fake "Statut : validated". Only `| quoted` text spans lines, each one marked "> "."""
+    if isinstance(value, str) and not isinstance(value, Lines) and not hasattr(value, "__html__"):
+        return _BREAKS_LINE.sub(" ", value)
+    return value
+
+
+def _quoted(value: str) -> Lines:
+    """Multi-line client text, each line prefixed "> ": it cannot pass for our own lines."""
+    return Lines("\n".join(f"> {line}".rstrip() for line in str(value).splitlines()))
 
 
 class Renderer:
@@ -56,8 +80,10 @@ class Renderer:
                 keep_trailing_newline=True,
                 trim_blocks=True,
                 lstrip_blocks=True,
+                finalize=_stay_on_one_line,
             )
             self._env.filters["date_fr"] = _fr_date
+            self._env.filters["quoted"] = _quoted
         return self._env
 
     def render(self, name: str, values: dict[str, Any]) -> tuple[str, str, str | None]:
