@@ -103,8 +103,13 @@ class Renderer:
 
 def message_id(doc: Document, kind: str, sender: str) -> str:
     """Deterministic per request and kind: a re-run builds the very same message."""
+    return message_id_for(doc.request_id, kind, sender)
+
+
+def message_id_for(request_id: str, kind: str, sender: str) -> str:
+    """`<{request_id}.{kind}@{the sender's domain}>`: what replies cite to find their request."""
     domain = parseaddr(sender)[1].rpartition("@")[2] or "handler-cli.local"
-    return f"<{doc.request_id}.{kind}@{domain}>"
+    return f"<{request_id}.{kind}@{domain}>"
 
 
 def build_message(

@@ -26,6 +26,10 @@ def poll(
     watch: Annotated[float | None, typer.Option(
         "--watch", metavar="SECONDS", min=1,
         help="Keep polling, every SECONDS, until interrupted.")] = None,
+    retry_failed: Annotated[bool, typer.Option(
+        "--retry-failed",
+        help="Act again on the replies parked after an unexpected failure (fix it first).")
+    ] = False,
     strict: StrictOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Read the clients' replies to quotes and requests for information, and act on them.
@@ -54,7 +58,9 @@ def poll(
     ctx = Context(settings)
 
     def one_pass() -> int:
-        report: PollReport = poll_once(ctx, dry_run=dry_run)
+        nonlocal retry_failed
+        report: PollReport = poll_once(ctx, dry_run=dry_run, retry_failed=retry_failed)
+        retry_failed = False
         for outcome in report.outcomes:
             sys.stdout.write(outcome.to_json() + "\n")
         sys.stdout.flush()

@@ -27,6 +27,7 @@ The modules: `decide` (the rules, pure), `actions` (carrying a decision out), `f
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -45,6 +46,7 @@ from handler_cli.poll.decide import (
 from handler_cli.poll.journal import (
     HANDLED_PROPERTY,
     HANDLED_PROPERTY_LIMIT,
+    UNREAD,
     Begun,
     HandledIndex,
     Journal,
@@ -57,6 +59,8 @@ from handler_cli.poll.runner import Poller, read_reply
 if TYPE_CHECKING:
     from handler_cli.context import Context
     from handler_cli.replies import ReplySource
+
+log = logging.getLogger("handler_cli")
 
 
 @contextmanager
@@ -84,20 +88,28 @@ def poll_lock(data_dir: Path) -> Iterator[str | None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def poll(ctx: Context, *, dry_run: bool = False,
+def poll(ctx: Context, *, dry_run: bool = False, retry_failed: bool = False,
          sources: Sequence[ReplySource] | None = None) -> PollReport:
-    """One pass under the lock (a dry run takes no lock: it changes nothing)."""
+    """One pass under the lock (a dry run takes no lock: it changes nothing).
+
+    `retry_failed` first gives the replies parked after an unexpected failure back to the
+    pass (once their cause is fixed).
+    """
     if dry_run:
         return Poller(ctx, dry_run=True, sources=sources).run()
     with poll_lock(ctx.settings.data_dir) as holder:
         if holder is not None:
             return PollReport(locked_by=holder)
-        return Poller(ctx, sources=sources).run()
+        poller = Poller(ctx, sources=sources)
+        if retry_failed:
+            count = poller.journal.retry_failed()
+            log.info("poll: %d parked repl(ies) given back to this pass", count)
+        return poller.run()
 
 
 __all__ = [
     "DECIDED_STATUSES", "HANDLED_PROPERTY", "HANDLED_PROPERTY_LIMIT", "WAITING_STATUSES",
     "Begun", "HandledIndex", "Journal", "Plan", "PollJournal", "PollReport", "Poller",
-    "Reading", "TicketOutcome", "complemented", "decide", "parse_tokens", "poll", "poll_lock",
+    "Reading", "TicketOutcome", "UNREAD", "complemented", "decide", "parse_tokens", "poll", "poll_lock",
     "question_kind", "read_reply",
 ]

@@ -175,3 +175,61 @@ def ticket_url(ctx: Context, doc: Document) -> str:
     if doc.ticket_url:
         return doc.ticket_url
     return ctx.crm.ticket_url(doc.ticket_id) if doc.ticket_id else ""
+
+
+def alert_admin(ctx: Context, ticket_id: str, request_id: str, reply: Reply | None,
+                error: str) -> None:
+    """Tell the admin, once per reply and error, that the poll could not handle a ticket.
+
+    The e-mail says what failed and what to do and carries the client's message (so it is in
+    front of a person); the technical error is kept on the document (`errors`, step `poll`).
+    It is rendered from the stored document, not the one the failed action was changing.
+    """
+    import hashlib
+
+    from handler_cli.intent import strip_quoted
+
+    digest = hashlib.sha256(f"{reply.key if reply else ''}\n{error}".encode()).hexdigest()[:12]
+    kind = f"admin_poll_failed_{digest}"
+    extra = {"reply": reply, "reply_text": strip_quoted(reply.text).strip() if reply else "",
+             "files": [f.url or f.name for f in reply.files] if reply else [],
+             "ticket_id": ticket_id, "request_id": request_id}
+    try:
+        doc = ctx.documents.by_ticket(ticket_id)
+    except Exception:  # noqa: BLE001 - an unreadable document is the very failure to report
+        doc = None
+    if doc is None:
+        _alert_without_document(ctx, kind, request_id, extra)
+        return
+    doc.record_error("poll", error, ctx.now())
+    send_once(ctx, doc, kind, "admin_poll_failed", ctx.settings.admin_email,
+              {**extra, "ticket_url": ticket_url(ctx, doc)})
+    ctx.documents.save(doc)
+
+
+def _alert_without_document(ctx: Context, kind: str, request_id: str,
+                            extra: dict[str, Any]) -> None:
+    """The same alert when the request document itself cannot be read."""
+    from email.message import EmailMessage
+    from email.utils import format_datetime
+
+    from handler_cli.mailing import header_safe, message_id_for
+
+    s = ctx.settings
+    subject, text, _ = ctx.renderer.render(
+        "admin_poll_failed", {"doc": None, "settings": s, "now": ctx.now(), "ticket_url": "",
+                              **extra})
+    msg = EmailMessage()
+    msg["Subject"] = header_safe(f"[Ticket #{extra['ticket_id']}] {subject}")
+    msg["From"] = s.mail_from
+    msg["To"] = s.admin_email
+    mid = message_id_for(request_id or f"ticket-{extra['ticket_id']}", kind, s.mail_from)
+    msg["Message-ID"] = mid
+    msg["Date"] = format_datetime(ctx.now())
+    msg.set_content(text)
+
+    def perform() -> str:
+        ctx.mailer.send(msg)
+        return mid
+
+    ctx.ledger.once(f"email:{mid}", perform)

@@ -3,7 +3,9 @@
 docs/poll.md "Exactly once": an entry is written *acting* before a reply's first effect and
 *done* after its last, so the next pass knows what to finish. The ticket property
 `handler_replies_handled` records the same replies in the CRM (HubSpot then skips reading
-them); the journal adds the dates the reminders need.
+them); the journal adds the dates the reminders need. A reply whose action failed
+unexpectedly is *failed* (parked): handled as far as reading goes, since the admin was given
+it, and acted on again only after `handler-cli poll --retry-failed`.
 
 The poll uses the journal only through `PollJournal`, so its storage can move (today one
 SQLite file, `poll.sqlite3` in the data dir) without touching the pass.
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 HANDLED_PROPERTY = "handler_replies_handled"
 HANDLED_PROPERTY_LIMIT = 60_000  # HubSpot string properties hold 65,536 characters
+UNREAD = "unread"  # the action of a parked reply that failed before anything was decided
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,15 @@ class PollJournal(Protocol):
         """Entries begun and not finished, oldest first."""
         ...
 
+    def park(self, entry: Begun, error: str, at: datetime) -> None:
+        """The reply's action failed in a way retrying will not fix (a bug, a poison pill): keep
+        it out of the next passes, with the error, until `retry_failed`."""
+        ...
+
+    def retry_failed(self) -> int:
+        """Give every parked reply to the next pass again (once the cause is fixed)."""
+        ...
+
     def rows(self, ticket_ids: Sequence[str]) -> list[tuple[str, str, str | None, str]]:
         """(ticket_id, reply_key, crm_id, started_at) of these tickets, begun or done."""
         ...
@@ -79,9 +91,12 @@ class Journal:
             " crm_id TEXT, source TEXT NOT NULL, request_id TEXT NOT NULL, state TEXT NOT NULL,"
             " intent TEXT NOT NULL, confiance REAL NOT NULL, method TEXT NOT NULL,"
             " action TEXT NOT NULL, forward INTEGER NOT NULL, text TEXT NOT NULL,"
-            " reply TEXT NOT NULL, started_at TEXT NOT NULL, handled_at TEXT,"
+            " reply TEXT NOT NULL, started_at TEXT NOT NULL, handled_at TEXT, error TEXT,"
             " PRIMARY KEY (ticket_id, reply_key))",
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(replies)")}
+        if "error" not in columns:  # a journal written before parking existed
+            self._db.execute("ALTER TABLE replies ADD COLUMN error TEXT")
 
     def begin(self, entry: Begun, at: datetime) -> None:
         reply, reading = entry.reply, entry.reading
@@ -102,6 +117,31 @@ class Journal:
                 "UPDATE replies SET state = 'done', handled_at = ? WHERE ticket_id = ?"
                 " AND reply_key = ?", (at.isoformat(), reply.ticket_id, reply.key),
             )
+
+    def park(self, entry: Begun, error: str, at: datetime) -> None:
+        reply, reading = entry.reply, entry.reading
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO replies (ticket_id, reply_key, crm_id, source, request_id, state,"
+                " intent, confiance, method, action, forward, text, reply, started_at, error)"
+                " VALUES (?, ?, ?, ?, ?, 'failed', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(ticket_id, reply_key) DO UPDATE SET state = 'failed',"
+                " error = excluded.error",
+                (reply.ticket_id, reply.key, reply.crm_id, reply.source, entry.request_id,
+                 reading.intent, reading.confiance, reading.method, entry.action,
+                 int(entry.forward), entry.text, reply.to_json(), at.isoformat(), error),
+            )
+
+    def retry_failed(self) -> int:
+        with self._lock:
+            # Decided before it failed: resumed like any unfinished action. Failed before a
+            # decision: forgotten, so the reply is read again.
+            resumed = self._db.execute(
+                "UPDATE replies SET state = 'acting', error = NULL"
+                " WHERE state = 'failed' AND action != ?", (UNREAD,)).rowcount
+            forgotten = self._db.execute(
+                "DELETE FROM replies WHERE state = 'failed' AND action = ?", (UNREAD,)).rowcount
+        return resumed + forgotten
 
     def unfinished(self) -> list[Begun]:
         from handler_cli.replies import Reply

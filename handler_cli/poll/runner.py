@@ -13,11 +13,11 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from handler_cli.config import ConfigError
-from handler_cli.poll.actions import act, keep_files
+from handler_cli.poll.actions import act, alert_admin, keep_files
 from handler_cli.poll.decide import WAITING_STATUSES, Plan, Reading, assess_with, decide, simulate
 from handler_cli.poll.follow_up import follow_up, retry_subtasks
-from handler_cli.poll.journal import Begun, HandledIndex, Journal
-from handler_cli.poll.report import PollReport
+from handler_cli.poll.journal import UNREAD, Begun, HandledIndex, Journal
+from handler_cli.poll.report import PollReport, TicketOutcome
 from handler_cli.services import ServiceError
 
 if TYPE_CHECKING:
@@ -62,14 +62,7 @@ class Poller:
         except ServiceError as exc:
             self.report.fail(f"cannot list the waiting tickets: {exc}")
             waiting = []
-        docs: dict[str, Document] = {}
-        for ticket in waiting:
-            doc = self.ctx.documents.by_ticket(ticket.ticket_id) or (
-                self.ctx.documents.get(ticket.request_id) if ticket.request_id else None)
-            if doc is None:
-                self.report.orphans.append(ticket.ticket_id)
-            else:
-                docs[ticket.ticket_id] = doc
+        docs = self._documents(waiting)
         known = [t for t in waiting if t.ticket_id in docs]
         self.report.waiting = len(known)
         if self.report.orphans:
@@ -86,9 +79,61 @@ class Poller:
                 self._answer(ticket, docs[ticket.ticket_id], found, handled, owner)
                 done.add(ticket.ticket_id)
             elif ticket.ticket_id not in done:
-                follow_up(self.ctx, self.report, ticket, docs[ticket.ticket_id], handled)
+                doc = docs[ticket.ticket_id]
+                try:
+                    follow_up(self.ctx, self.report, ticket, doc, handled)
+                except ConfigError:
+                    raise
+                except Exception as exc:
+                    outcome = self.report.outcome(ticket.ticket_id, doc.request_id,
+                                                  ticket.validation_status)
+                    self._isolate(outcome, exc, None)
         retry_subtasks(self.ctx, self.report, done)
         return self.report
+
+    def _documents(self, waiting: Sequence[WaitingTicket]) -> dict[str, Document]:
+        """The request document behind each waiting ticket (one that cannot be read is that
+        ticket's failure alone)."""
+        docs: dict[str, Document] = {}
+        for ticket in waiting:
+            try:
+                doc = self.ctx.documents.by_ticket(ticket.ticket_id) or (
+                    self.ctx.documents.get(ticket.request_id) if ticket.request_id else None)
+            except ConfigError:
+                raise
+            except Exception as exc:
+                outcome = self.report.outcome(ticket.ticket_id, ticket.request_id or "",
+                                              ticket.validation_status)
+                self._isolate(outcome, exc, None)
+                continue
+            if doc is None:
+                self.report.orphans.append(ticket.ticket_id)
+            else:
+                docs[ticket.ticket_id] = doc
+        return docs
+
+    def _isolate(self, outcome: TicketOutcome, exc: Exception, entry: Begun | None) -> None:
+        """An unexpected failure on one ticket (a bug, a poison pill) stays that ticket's: the
+        error is recorded (outcome, journal, document), the admin is told once, the run goes
+        on with the other tickets and exits 1.
+
+        A reply it happened on is parked in the journal: the admin's e-mail carries it, so it
+        is in front of a person, and the next passes do not stumble on it again.
+        """
+        error = f"unexpected {type(exc).__name__}: {exc}"
+        log.debug("poll: ticket %s", outcome.ticket_id, exc_info=True)
+        outcome.error = error
+        self.report.fail(f"ticket {outcome.ticket_id}: {error}")
+        if self.dry_run:
+            return
+        if entry is not None:
+            self.journal.park(entry, error, self.ctx.now())
+        try:
+            alert_admin(self.ctx, outcome.ticket_id, outcome.request_id,
+                        entry.reply if entry else None, error)
+        except Exception as alert_exc:  # noqa: BLE001 - the run must go on; logged and counted
+            self.report.fail(f"ticket {outcome.ticket_id}: the admin could not be told: "
+                             f"{type(alert_exc).__name__}: {alert_exc}")
 
     def _fetch(
         self, sources: Sequence[ReplySource], waiting: Sequence[WaitingTicket],
@@ -123,6 +168,7 @@ class Poller:
         if ticket.properties.get("credits_estimes", "").isdigit():
             doc.credits_estimes = int(ticket.properties["credits_estimes"])
         for reply in replies:
+            entry = Begun(reply, doc.request_id, UNREAD, Reading("", 0.0, ""), "", False)
             try:
                 plan = self._plan(doc, reply)
                 if self.dry_run:
@@ -130,8 +176,9 @@ class Poller:
                     outcome.actions.append(plan.describe(reply))
                     continue
                 kept = keep_files(self.ctx, doc, reply)
-                self.journal.begin(Begun(kept, doc.request_id, plan.action, plan.reading,
-                                         plan.text, plan.forward), self.ctx.now())
+                entry = Begun(kept, doc.request_id, plan.action, plan.reading, plan.text,
+                              plan.forward)
+                self.journal.begin(entry, self.ctx.now())
                 outcome.actions.append(
                     act(self.ctx, self.journal, self.report, doc, kept, plan, handled))
                 owner[reply.key].acknowledge(reply)
@@ -141,10 +188,8 @@ class Poller:
                 break  # later replies wait: they may depend on this one
             except ConfigError:
                 raise
-            except Exception as exc:  # a bug must not stop the other tickets: report it
-                outcome.error = f"unexpected {type(exc).__name__}: {exc}"
-                log.debug("poll: ticket %s", ticket.ticket_id, exc_info=True)
-                self.report.fail(f"ticket {ticket.ticket_id}: {outcome.error}")
+            except Exception as exc:  # a bug must not stop the other tickets
+                self._isolate(outcome, exc, entry)
                 break
         outcome.status = doc.validation_status or outcome.status
         outcome.clickup_subtask_id = doc.clickup_subtask_id
@@ -154,29 +199,37 @@ class Poller:
         resumed: set[str] = set()
         for begun in self.journal.unfinished():
             reply = begun.reply
-            doc = self.ctx.documents.by_ticket(reply.ticket_id)
-            if doc is None:
-                self.report.fail(f"ticket {reply.ticket_id}: cannot finish the action on reply "
-                                 f"{reply.key}: no request document")
-                continue
-            outcome = self.report.outcome(reply.ticket_id, doc.request_id,
-                                          doc.validation_status or "")
-            resumed.add(reply.ticket_id)
-            plan = Plan(begun.action, begun.reading, begun.text, forward=begun.forward)
-            if plan.action == "info":
-                plan.assessment = assess_with(doc, plan.text, reply)
-            if self.dry_run:
-                outcome.actions.append({**plan.describe(reply), "resumed": True})
-                continue
+            outcome = TicketOutcome(reply.ticket_id, begun.request_id, "", "",
+                                    dry_run=self.dry_run)
             try:
+                doc = self.ctx.documents.by_ticket(reply.ticket_id)
+                if doc is None:
+                    self.report.fail(f"ticket {reply.ticket_id}: cannot finish the action on "
+                                     f"reply {reply.key}: no request document")
+                    continue
+                outcome = self.report.outcome(reply.ticket_id, doc.request_id,
+                                              doc.validation_status or "")
+                resumed.add(reply.ticket_id)
+                plan = Plan(begun.action, begun.reading, begun.text, forward=begun.forward)
+                if plan.action == "info":
+                    plan.assessment = assess_with(doc, plan.text, reply)
+                if self.dry_run:
+                    outcome.actions.append({**plan.describe(reply), "resumed": True})
+                    continue
                 outcome.actions.append(
                     {**act(self.ctx, self.journal, self.report, doc, reply, plan, None),
                      "resumed": True})
+                outcome.status = doc.validation_status or outcome.status
+                outcome.clickup_subtask_id = doc.clickup_subtask_id
             except ServiceError as exc:
                 outcome.error = str(exc)
                 self.report.fail(f"ticket {reply.ticket_id}: still cannot finish: {exc}")
-            outcome.status = doc.validation_status or outcome.status
-            outcome.clickup_subtask_id = doc.clickup_subtask_id
+            except ConfigError:
+                raise
+            except Exception as exc:  # a bug must not stop the other tickets
+                if outcome not in self.report.outcomes:
+                    self.report.outcomes.append(outcome)
+                self._isolate(outcome, exc, begun)
         return resumed
 
     def _plan(self, doc: Document, reply: Reply) -> Plan:
