@@ -259,6 +259,19 @@ class Payload(BaseModel):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def submission_id(fingerprint: str, key: str | None = None) -> str:
+    """The identity of a submission, the same whatever door it came through (webhook, `run`,
+    a step command): derived from the payload's fingerprint, unless the sender named the
+    submission itself (a `webhook-id` or an `Idempotency-Key`, given as `key`), which wins.
+
+    Not a secret (anyone holding the payload can compute it): public links get their
+    unguessable part elsewhere.
+    """
+    if key:
+        return "req_" + hashlib.sha256(key.encode()).hexdigest()[:20]
+    return "req_" + fingerprint[:20]
+
+
 class Document(Payload):
     """The payload plus every step's outputs (None until the step ran)."""
 
@@ -292,7 +305,7 @@ class Document(Payload):
     @model_validator(mode="after")
     def _stable_id(self) -> Document:
         if not self.request_id:
-            self.request_id = "req_" + self.payload_fingerprint()[:20]
+            self.request_id = submission_id(self.payload_fingerprint())
         return self
 
     @property

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
 import ipaddress
 import json
 import logging
@@ -33,8 +32,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from handler_cli.config import Settings, load_settings
-from handler_cli.document import Document, FileObject, Payload
-from handler_cli.intake.records import NewRequest, new_request_id
+from handler_cli.document import Document, FileObject, Payload, submission_id
+from handler_cli.intake.records import NewRequest
 from handler_cli.intake.worker_process import WorkerProcess
 from handler_cli.intake.writer import IntakeWriter
 from handler_cli.queue import RequestQueue
@@ -46,8 +45,9 @@ log = logging.getLogger("handler_cli")
 # Fields the pipeline writes: a sender setting them would skip steps (a fake ticket_id).
 PIPELINE_FIELDS = frozenset(Document.model_fields) - frozenset(Payload.model_fields)
 MAX_KEY_LENGTH = 255
-# What makes two posts "the same payload" (as in Payload.payload_fingerprint).
-FINGERPRINT_FIELDS = {"source", "objet", "description", "user_email", "user_name", "fichiers"}
+# Replaced at once by the submission's id (`document.submission_id`), computed from the
+# fingerprint of the validated payload.
+PENDING_ID = "req_pending"
 
 
 class Answer(JSONResponse):
@@ -232,19 +232,27 @@ async def receive_request(intake: Intake, request: Request) -> JSONResponse:
         if len(headers.get(name, "")) > MAX_KEY_LENGTH:
             return _problem(400, f"{name} longer than {MAX_KEY_LENGTH} characters")
     key = _idempotency_key(headers, verdict.webhook_id)
-    doc, problems = validate_payload(data, new_request_id())
+    doc, problems = validate_payload(data, PENDING_ID)
     if doc is None:
         return _problem(422, "invalid payload", fields=problems)
+    # One submission, one request, whatever door it came through (the CLI computes the same).
+    fingerprint = doc.payload_fingerprint()
+    doc.request_id = submission_id(fingerprint, key)
 
     # pydantic's own JSON: the same document as doc.to_json(), a few times faster.
-    fingerprint = hashlib.sha256(doc.model_dump_json(include=FINGERPRINT_FIELDS).encode())
-    item = NewRequest(doc.request_id, doc.model_dump_json(exclude_none=True),
-                      fingerprint.hexdigest(), key)
+    item = NewRequest(doc.request_id, doc.model_dump_json(exclude_none=True), fingerprint, key)
     try:
         accepted = await intake.writer.submit(item)
     except Exception:
         return Answer({"error": "the request could not be stored; send it again"},
                       status_code=503, headers={"Retry-After": "5"})
+    if not accepted.created and key is not None:
+        reused = await run_in_threadpool(_key_reused, intake, accepted.request_id, fingerprint)
+        if reused:
+            return _problem(422, f"{key.split(':', 1)[0]} already used for a different payload: "
+                                 "send a new key for a new submission, or the same payload to "
+                                 "retry", fields=[{"field": key.split(":", 1)[0],
+                                                   "message": "reused with a different payload"}])
     if accepted.created:
         log.debug("%s: accepted (%s)", accepted.request_id, doc.source)
     body_out: dict[str, Any] = {
@@ -255,6 +263,21 @@ async def receive_request(intake: Intake, request: Request) -> JSONResponse:
     if not accepted.created:
         body_out["duplicate"] = True
     return Answer(body_out, status_code=202 if accepted.created else 200)
+
+
+def _key_reused(intake: Intake, request_id: str, fingerprint: str) -> bool:
+    """True when the request first stored under this key carried a different payload: the
+    IETF Idempotency-Key draft (draft-ietf-httpapi-idempotency-key-header-07, Oct. 2025,
+    "Error Scenarios") answers 422, as Stripe answers an `idempotency_error`, so the sender
+    learns that its second submission was not taken."""
+    rec = intake.rq.store.get(request_id)
+    if rec is None:
+        return False
+    try:
+        first = Document.model_validate_json(rec.document)
+    except ValidationError:
+        return False
+    return first.payload_fingerprint() != fingerprint
 
 
 async def request_status(intake: Intake, request: Request) -> JSONResponse:

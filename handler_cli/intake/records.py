@@ -6,11 +6,7 @@ The statuses are one enum (`RequestStatus`); `RequestRecord` renders itself for
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
-import secrets
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,21 +30,8 @@ class RequestStatus(StrEnum):
 
 
 OPEN = (RequestStatus.QUEUED, RequestStatus.RUNNING, RequestStatus.RETRYING)
-PAYLOAD_WINDOW = 24 * 3600  # identical payloads within this window are the same request
+PAYLOAD_WINDOW = 24 * 3600  # identical payloads found by their key; later, by their request id
 KEY_WINDOW = 30 * 24 * 3600  # how long a webhook-id / Idempotency-Key is remembered
-
-_ID_PREFIX = {"pid": -1, "bits": ""}
-_ID_COUNTER = itertools.count()
-
-
-def new_request_id() -> str:
-    """Unique and sortable by arrival: milliseconds, 32 random bits drawn once per process,
-    a counter. (Not a secret: reading a request's status needs the credentials anyway. No
-    system call per id either: the webhook's event loop must not give up the GIL here.)"""
-    if _ID_PREFIX["pid"] != os.getpid():
-        _ID_PREFIX.update(pid=os.getpid(), bits=secrets.token_hex(4))
-    return f"req_{int(time.time() * 1000):012x}{_ID_PREFIX['bits']}{next(_ID_COUNTER) % 65536:04x}"
-
 
 def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")

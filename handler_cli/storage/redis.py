@@ -35,6 +35,9 @@ if prior then
   local st = redis.call('HGET', p .. 'req:' .. rid, 'status')
   if st and expires > tonumber(now) then return {rid, st, '0'} end
 end
+-- The request id is the submission's identity: stored before (keys expired since) is a repeat.
+local known = redis.call('HGET', p .. 'req:' .. id, 'status')
+if known then return {id, known, '0'} end
 redis.call('HSET', p .. 'req:' .. id, 'status', 'queued', 'document', ARGV[8], 'steps', '{}',
   'fingerprint', ARGV[9], 'idempotency_key', key, 'attempts', '0', 'created_at', now,
   'updated_at', now, 'due_at', now, 'lease_owner', '', 'lease_until', '0', 'last_error', '')

@@ -122,14 +122,27 @@ class SqliteRequestStore:
                 f" AND i.key IN ({', '.join('?' * len(chunk))})", (now, *chunk),
             ):
                 known[key] = Accepted(request_id, status, False)
+        # The request id is the submission's identity (document.submission_id): a request
+        # stored before, whose keys have expired since, is still the same request.
+        unknown = [item.request_id for item, lookup in zip(items, lookups, strict=True)
+                   if lookup not in known]
+        stored: dict[str, Accepted] = {}
+        for start in range(0, len(unknown), 500):
+            chunk = unknown[start:start + 500]
+            for request_id, status in conn.execute(
+                "SELECT request_id, status FROM requests"
+                f" WHERE request_id IN ({', '.join('?' * len(chunk))})", chunk,
+            ):
+                stored[request_id] = Accepted(request_id, status, False)
         results: list[Accepted] = []
         rows: list[tuple[Any, ...]] = []
         keys: list[tuple[str, str, float]] = []
         for item, lookup in zip(items, lookups, strict=True):
-            prior = known.get(lookup)
+            prior = known.get(lookup) or stored.get(item.request_id)
             if prior is not None:
                 results.append(prior)
                 continue
+            stored[item.request_id] = Accepted(item.request_id, "queued", False)
             rows.append((item.request_id, item.document, item.fingerprint, item.key,
                          now, now, now))
             repeat = Accepted(item.request_id, "queued", False)

@@ -1,0 +1,111 @@
+"""One submission is one request, whatever door it came through (issue 11).
+
+The request id is derived from the payload's fingerprint (`document.submission_id`), unless
+the sender names the submission (`webhook-id`, `Idempotency-Key`), which wins; a key reused
+for a different payload is answered 422, as the IETF Idempotency-Key draft says.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from handler_cli.document import Document, submission_id
+from handler_cli.intake.records import PAYLOAD_WINDOW
+from handler_cli.storage import RequestStore
+from handler_cli.storage.redis import RedisRequestStore
+from handler_cli.storage.sqlite import SqliteRequestStore
+from tests.conftest import ROOT, clean_environ, sample
+from tests.intake_helpers import NOW, new
+from tests.redis_peer import redis_session, redis_url  # noqa: F401 - fixtures
+from tests.test_server import (
+    AUTH,
+    TOKEN,
+    outbox,
+    payload,
+    running,
+    stored_rows,
+    ticket_count,
+    wait_for,
+    webhook_settings,
+)
+
+
+def run_by_hand(data_dir: Path, form: dict[str, object]) -> Document:
+    """`handler-cli run` on the same form, in the same data dir as the webhook."""
+    done = subprocess.run(
+        [sys.executable, "-m", "handler_cli", "run", "-"], input=json.dumps(form), text=True,
+        capture_output=True, cwd=ROOT, timeout=120,
+        env=clean_environ(data_dir, WEBHOOK_TOKEN=TOKEN), check=False)
+    assert done.returncode == 0, done.stderr
+    return Document.model_validate_json(done.stdout)
+
+
+def test_the_same_form_posted_and_run_by_hand_is_one_request_one_ticket_one_email(
+    tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    form = sample("modelisation_simple")
+    with running(webhook_settings(data_dir)) as url, httpx.Client(base_url=url) as client:
+        posted = client.post("/webhook/request", json=form, headers=AUTH)
+        assert posted.status_code == 202
+        wait_for(client, posted.json()["status_url"])
+
+    by_hand = run_by_hand(data_dir, form)
+
+    assert by_hand.request_id == posted.json()["request_id"]
+    assert ticket_count(data_dir) == 1
+    to_client = [m for m in outbox(data_dir) if m["To"].addresses[0].addr_spec == form["user_email"]]
+    assert len(to_client) == 1  # one quote, not two
+
+
+def test_the_id_is_the_payload_fingerprint_unless_the_sender_names_the_submission() -> None:
+    doc = Document.model_validate(sample("modelisation_simple"))
+    fingerprint = doc.payload_fingerprint()
+    assert doc.request_id == submission_id(fingerprint)
+    keyed = submission_id(fingerprint, "idempotency-key:abc")
+    assert keyed != doc.request_id and keyed == submission_id("other", "idempotency-key:abc")
+    assert submission_id(fingerprint, "webhook-id:abc") != keyed
+
+
+def test_an_idempotency_key_reused_for_another_payload_is_refused_with_422(
+    tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    with running(webhook_settings(data_dir)) as url, httpx.Client(base_url=url) as client:
+        first = client.post("/webhook/request", json=payload(),
+                            headers={**AUTH, "Idempotency-Key": "order-1"})
+        retry = client.post("/webhook/request", json=json.loads(first.request.content),
+                            headers={**AUTH, "Idempotency-Key": "order-1"})
+        other = client.post("/webhook/request", json=payload(objet="Autre chose"),
+                            headers={**AUTH, "Idempotency-Key": "order-1"})
+
+    assert first.status_code == 202
+    assert retry.status_code == 200 and retry.json()["duplicate"] is True
+    assert other.status_code == 422
+    problem = other.json()
+    assert "different payload" in json.dumps(problem)
+    assert [rid for rid, _ in stored_rows(data_dir)] == [first.json()["request_id"]]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_a_submission_stored_long_ago_is_still_the_same_request(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Past the payload window the key is forgotten, but the id is the identity."""
+    store: RequestStore = (SqliteRequestStore(tmp_path / "requests.sqlite3") if backend == "sqlite"
+                           else RedisRequestStore(request.getfixturevalue("redis_url")))
+    try:
+        assert store.accept_many([new(1)], NOW)[0].created
+        store.accept_many([new(2)], NOW)
+        later = store.accept_many([new(1, fingerprint="fp1")], NOW + PAYLOAD_WINDOW * 10)[0]
+        assert (later.request_id, later.created) == ("req_1", False)
+        assert sorted(r.request_id for r in store.recent()) == ["req_1", "req_2"]
+        assert store.get("req_1") is not None and store.get("req_1").attempts == 0  # type: ignore[union-attr]
+    finally:
+        store.close()
