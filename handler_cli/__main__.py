@@ -26,7 +26,7 @@ def main() -> None:
         gc.freeze()
         gc.enable()
     try:
-        app()
+        app(prog_name="handler-cli")
     finally:
         gc.freeze()
 

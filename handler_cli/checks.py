@@ -8,7 +8,9 @@ all three at once, each on its own line, each with what to do. A `ServiceError` 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -28,3 +30,34 @@ def proved(text: str) -> Finding:
 
 def missing(text: str) -> Finding:
     return Finding(False, text)
+
+
+def writable_place(path: Path, what: str) -> Finding:
+    """Whether a local backend can write `path` (a file or folder of the data dir), proved
+    without creating anything: `doctor --check` on a fresh machine leaves no trace."""
+    where = path
+    while not where.exists() and where.parent != where:
+        where = where.parent
+    if where == path:
+        mode = os.W_OK | (os.X_OK if path.is_dir() else 0)
+        if os.access(path, mode):
+            return proved(f"{what} {path} is writable")
+        return missing(f"{what} {path} is not writable (check its owner and HANDLER_DATA_DIR)")
+    if where.is_dir() and os.access(where, os.W_OK | os.X_OK):
+        return proved(f"{what} {path} does not exist yet; the first run creates it "
+                      f"({where} is writable)")
+    return missing(f"{what} {path} cannot be created: {where} is not a writable folder "
+                   "(set HANDLER_DATA_DIR)")
+
+
+def sqlite_rows(path: Path, table: str, what: str) -> Finding:
+    """How many rows a local SQLite store holds, read without writing (and only if it exists)."""
+    import sqlite3
+    from contextlib import closing
+
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            count = db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+    except sqlite3.Error as exc:
+        return missing(f"{what} {path} cannot be read: {exc}")
+    return proved(f"{what} opens: {count} {table}")

@@ -7,16 +7,18 @@ converting all sixteen up front cost every one-document step 7 ms of start-up.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, MutableMapping
-from typing import Any
+from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup, TyperOption
 
 from handler_cli.commands import doctor, pipeline, poll, reply, requests, serve, setup
+from handler_cli.commands._common import BEFORE_COMMAND, QuietOpt, StrictOpt, VerboseOpt
 from handler_cli.steps import STEPS
 
 STYLE: dict[str, Any] = dict(
-    add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="markdown"
+    add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 # name -> (help panel, the command's function, or the Typer of a command group)
@@ -42,7 +44,51 @@ def build(name: str) -> Any:
         part.add_typer(target, name=name, rich_help_panel=panel)
     else:
         part.command(name, rich_help_panel=panel)(target)
-    return typer.main.get_group(part).commands[name]
+    command = typer.main.get_group(part).commands[name]
+    readable(command)
+    return command
+
+
+# How a value's type reads in help, click's classic words: `--file PATH`, `--port INTEGER`.
+_TYPE_WORDS = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "path": "PATH",
+               "Path": "PATH", "file": "FILE", "directory": "FOLDER", "int range": "INTEGER",
+               "float range": "NUMBER"}
+
+
+def readable(command: Any, *, subcommands: bool = True) -> None:
+    """Help as a person reads it: a flag shows no type (typer's default is `<bool>`), an
+    option its value's word (`PATH`, not `<list[Path]>`), an argument its upper-case name."""
+    import typer._click as click
+
+    if subcommands:
+        for sub in getattr(command, "commands", {}).values():
+            readable(sub)
+    ctx = click.Context(command, help_option_names=STYLE["context_settings"]["help_option_names"])
+    help_option = command.get_help_option(ctx)  # made once, then cached by the command
+    if help_option is not None:
+        help_option.metavar = ""
+    for param in command.params:
+        if isinstance(param, TyperOption):
+            if param.is_flag:
+                param.metavar = ""
+            elif param.metavar is None:
+                param.metavar = _type_word(param, ctx)
+        elif isinstance(param, TyperArgument) and param.metavar is None:
+            word = _type_word(param, ctx)
+            param.metavar = param.name.upper() if param.name else None
+            param.display_type_rich = _constant(word)  # type: ignore[method-assign,assignment]
+
+
+def _constant(word: str) -> Callable[[Any], str]:
+    return lambda ctx: word
+
+
+def _type_word(param: Any, ctx: Any) -> str:
+    label = param.display_type(ctx)
+    inner = label.strip("<>").removeprefix("list[").removesuffix("]")
+    if "|" in inner:  # choices: shown as they are typed
+        return "[" + inner + "]"
+    return _TYPE_WORDS.get(inner, inner.upper())
 
 
 class _Built(MutableMapping[str, Any]):
@@ -75,6 +121,10 @@ class _Group(TyperGroup):
         super().__init__(**kwargs)
         self.commands = _Built()
 
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        readable(self, subcommands=False)  # the root's options; each command's when built
+        super().format_help(ctx, formatter)
+
 
 app = typer.Typer(
     name="handler-cli",
@@ -89,11 +139,25 @@ app = typer.Typer(
         "settings are present (see `handler-cli doctor`), local otherwise."
     ),
     no_args_is_help=True,
-    **STYLE,
+    **{**STYLE, "add_completion": True},
 )
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from handler_cli import __version__
+
+        typer.echo(f"handler-cli {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
-    """The group itself takes no options; each command has its own."""
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_show_version, is_eager=True,
+        help="Show the version and exit.")] = False,
+    quiet: QuietOpt = False, verbose: VerboseOpt = False, strict: StrictOpt = False,
+) -> None:
+    """-q, -v and --strict here apply to the command that follows, as if given after it."""
+    BEFORE_COMMAND.quiet, BEFORE_COMMAND.verbose, BEFORE_COMMAND.strict = quiet, verbose, strict
 

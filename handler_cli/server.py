@@ -17,6 +17,7 @@ import gc
 import ipaddress
 import json
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -209,8 +210,7 @@ async def receive_request(intake: Intake, request: Request) -> JSONResponse:
         verdict = (Verdict("token", headers.get("webhook-id") or None) if token_ok
                    else intake.auth.check(headers, body))
     except AuthError as exc:
-        log.warning("webhook refused from %s: %s",
-                    request.client.host if request.client else "?", exc)
+        request.state.refusal = f"invalid or expired signature: {exc}"  # logged by the route
         return _problem(401, "invalid or expired signature")
 
     media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -331,6 +331,22 @@ def _backend_problems(settings: Settings) -> list[str]:
     return problems
 
 
+def _log_refused(request: Request, response: JSONResponse) -> None:
+    """One line on stderr per refused post: status, reason (and the fields at fault, or the
+    authentication detail the answer keeps to itself), and who sent it."""
+    try:
+        body = json.loads(bytes(response.body))
+    except ValueError:
+        body = {}
+    reason = str(getattr(request.state, "refusal", None) or body.get("error") or "refused")
+    fields = [f"{f.get('field')}: {f.get('error') or f.get('message') or ''}".rstrip(": ")
+              for f in body.get("fields") or [] if isinstance(f, dict)]
+    if fields:
+        reason += " (" + "; ".join(fields) + ")"
+    log.warning("webhook refused %d from %s: %s", response.status_code,
+                request.client.host if request.client else "?", reason)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -343,7 +359,10 @@ def create_app(
     def bind(handler: Callable[[Intake, Request], Awaitable[JSONResponse]]
              ) -> Callable[[Request], Awaitable[JSONResponse]]:
         async def endpoint(request: Request) -> JSONResponse:
-            return await handler(shared[0], request)
+            response = await handler(shared[0], request)
+            if response.status_code >= 400 and request.method == "POST":
+                _log_refused(request, response)
+            return response
 
         return endpoint
 
@@ -404,9 +423,13 @@ def run_server(
     forwarded_allow_ips: str | None = None,
     access_log: bool = False,
     shutdown_timeout: float = 30.0,
+    sock: socket.socket | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT: stop accepting, finish in-flight posts and steps."""
+    """Serve until SIGTERM/SIGINT: stop accepting, finish in-flight posts and steps.
+
+    `sock`: already bound by `handler-cli serve`, so a busy port is said before start-up."""
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     logging.basicConfig(
         level=settings.handler_log_level.upper(),
@@ -424,8 +447,20 @@ def run_server(
         timeout_graceful_shutdown=max(1, round(shutdown_timeout)),
         server_header=False,
         log_level=settings.handler_log_level.lower(),
+        log_config=_stderr_only(LOGGING_CONFIG),
     )
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
+
+
+def _stderr_only(config: dict[str, Any]) -> dict[str, Any]:
+    """uvicorn's logging with the access log on stderr too: stdout is for documents."""
+    import copy
+
+    config = copy.deepcopy(config)
+    for handler in config["handlers"].values():
+        if handler.get("stream") == "ext://sys.stdout":
+            handler["stream"] = "ext://sys.stderr"
+    return config
 
 
 _app: Starlette | None = None

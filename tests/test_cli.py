@@ -87,9 +87,9 @@ def test_strict_mode_refuses_local_backends(cli: RunCli) -> None:
 def test_doctor_shows_backends_and_masks_secrets(cli: RunCli) -> None:
     result = cli("doctor", env={"SMTP_PASSWORD": "super-secret-password", "SMTP_HOST": "127.0.0.1"})
     assert result.returncode == 0, result.stderr
-    assert "crm: local SQLite CRM" in result.stderr
-    assert "mailer: " in result.stderr and "SMTP_HOST = 127.0.0.1  [environment]" in result.stderr
-    assert "super-secret-password" not in result.stderr
+    assert "crm: local SQLite CRM" in result.stdout
+    assert "mailer: " in result.stdout and "SMTP_HOST = 127.0.0.1  [environment]" in result.stdout
+    assert "super-secret-password" not in result.stdout + result.stderr
     assert cli("doctor", "--strict").returncode == 1
 
 

@@ -53,15 +53,15 @@ def live(s3_peer: S3Peer, smtp_peer: SMTPPeer) -> Iterator[dict[str, str]]:
 
 def test_doctor_check_proves_every_live_backend(cli: RunCli, live: dict[str, str]) -> None:
     result = cli("doctor", "--check", "--strict", env=live)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout
     for service in ("crm: HubSpot", "files: ", "tasks: ", "mailer: SMTP", "llm: Claude"):
-        assert service in result.stderr
-    assert result.stderr.count("check: ok") == 5
-    assert live["R2_SECRET_ACCESS_KEY"] not in result.stderr
-    assert live["HUBSPOT_ACCESS_TOKEN"] not in result.stderr
+        assert service in result.stdout
+    assert result.stdout.count("check: ok") == 5
+    assert live["R2_SECRET_ACCESS_KEY"] not in result.stdout
+    assert live["HUBSPOT_ACCESS_TOKEN"] not in result.stdout
 
 
 def test_doctor_check_fails_when_a_backend_does_not_work(cli: RunCli, live: dict) -> None:
     result = cli("doctor", "--check", env={**live, "SMTP_PORT": str(closed_port())})
     assert result.returncode == 1
-    assert "check: FAILED" in result.stderr and result.stderr.count("check: ok") == 4
+    assert "check: FAILED" in result.stdout and result.stdout.count("check: ok") == 4

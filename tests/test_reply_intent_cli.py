@@ -69,7 +69,7 @@ def test_bad_lines_are_reported_and_the_others_still_read(cli: RunCli) -> None:
     assert [r["intent"] for r in out(result.stdout)] == ["validation", "refus"]
     assert "line 2: not valid JSON" in result.stderr
     assert "line 3: text: required, a string" in result.stderr
-    assert "line 4: expected a JSON object, got int" in result.stderr
+    assert "line 4: array item 1: expected a JSON object, got a number" in result.stderr
 
 
 def test_a_missing_input_file_is_a_usage_error(cli: RunCli) -> None:

@@ -10,6 +10,7 @@ import typer
 from handler_cli.commands._common import ExitCode, settings_or_exit
 
 if TYPE_CHECKING:
+    from handler_cli.checks import Finding
     from handler_cli.context import Context
 
 SERVICE_SETTINGS = {
@@ -36,46 +37,96 @@ def mask(name: str, value: object) -> str:
 
 
 def doctor(
-    check: Annotated[bool, typer.Option("--check", help="Also prove each live backend works "
-                                        "(one small real call each); exit 1 if one does not.")] = False,
-    strict: Annotated[bool, typer.Option("--strict", help="Treat a local backend as an error.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Also prove each backend works: one "
+                                        "small real call per live service, a look at the "
+                                        "files of each local one; exit 1 if one does not.")
+                     ] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Treat a local backend as an error.")
+                      ] = False,
 ) -> None:
-    """Show the backend of each service and where its settings came from (secrets masked)."""
-    from handler_cli.checks import missing
+    """Show the backend of each service and where its settings came from (secrets masked).
+
+    The report goes to stdout (`handler-cli doctor --check > report.txt`); it creates
+    nothing, not even the data dir. Exit 0: all well; 1: a backend failed its check (or is
+    local with --strict); 2: a setting or the data dir is wrong.
+    """
+    from handler_cli import __version__
+    from handler_cli.commands._common import data_dir_problem
     from handler_cli.config import ConfigError
     from handler_cli.context import Context
-    from handler_cli.services import ServiceError
 
-    settings = settings_or_exit(quiet=True, strict=strict)
+    settings = settings_or_exit(quiet=True, strict=strict, data_dir=False)
     ctx = Context(settings)
-    out = sys.stderr
     failures = 0
-    print(f"data dir: {settings.data_dir}", file=out)
-    print(f"strict mode: {'on' if settings.handler_strict else 'off'}", file=out)
+    say = _Report()
+    problem = data_dir_problem(settings)
+    root = settings.data_dir
+    state = ("ERROR " + problem if problem else "" if root.is_dir()
+             else "(not created yet: the first run creates it)")
+    say(f"handler-cli {__version__}")
+    say(f"data dir: {root}  [{settings.sources.get('handler_data_dir', 'default')}] {state}"
+        .rstrip())
+    say(f"strict mode: {'on' if settings.handler_strict else 'off'}")
     for service, names in SERVICE_SETTINGS.items():
         try:
             backends = _backends(ctx, service)
         except ConfigError as exc:
-            print(f"\n{service}: ERROR {exc}", file=out)
+            say(f"\n{service}: ERROR {exc}")
             failures += 1
             continue
         labels = [b.describe() for b in backends] or ["none (keywords and form type only)"]
-        print(f"\n{service}: {'; '.join(labels)}", file=out)
+        say(f"\n{service}: {'; '.join(labels)}")
         for name in names:
             source = settings.sources.get(name)
             if source:
-                print(f"  {name.upper()} = {mask(name, getattr(settings, name))}  [{source}]",
-                      file=out)
-        for backend in backends:
-            if check and hasattr(backend, "check"):
-                try:
-                    findings = backend.check()
-                except ServiceError as exc:
-                    findings = [missing(str(exc))]
-                for finding in findings:
-                    print(f"  check: {finding}", file=out)
+                say(f"  {name.upper()} = {mask(name, getattr(settings, name))}  [{source}]")
+        if check:
+            for backend in backends:
+                for finding in say.checked(service, backend):
+                    say(f"  check: {finding}")
                     failures += not finding.ok
+    if problem:
+        raise typer.Exit(ExitCode.USAGE)
     raise typer.Exit(ExitCode.FAILED if failures else ExitCode.OK)
+
+
+class _Report:
+    """The report on stdout; on a terminal, a spinner on stderr while a service is asked."""
+
+    def __init__(self) -> None:
+        self.console: Any = None
+        if sys.stderr.isatty():
+            from rich.console import Console
+
+            self.console = Console(stderr=True)
+
+    def __call__(self, line: str) -> None:
+        print(line, flush=True)
+
+    def checked(self, service: str, backend: Any) -> list[Finding]:
+        """The backend's findings; one that has no check() of its own but keeps a folder
+        gets that folder checked. Slow answers are timed."""
+        import time
+        from contextlib import nullcontext
+
+        from handler_cli.checks import missing, writable_place
+        from handler_cli.services import ServiceError
+
+        if not hasattr(backend, "check"):
+            folder = getattr(backend, "folder", None)
+            return [writable_place(folder, "folder")] if folder is not None else []
+        started = time.monotonic()
+        waiting = (self.console.status(f"checking {service}: {backend.describe()}…")
+                   if self.console is not None else nullcontext())
+        with waiting:
+            try:
+                findings: list[Finding] = list(backend.check())
+            except ServiceError as exc:
+                findings = [missing(str(exc))]
+        seconds = time.monotonic() - started
+        if seconds >= 1:
+            self(f"  ({service} answered in {seconds:.1f} s)")
+        return findings
 
 
 def _backends(ctx: Context, service: str) -> list[Any]:

@@ -1,157 +1,213 @@
 """The step commands (`classify` … `notify-admin`, `subtask`) and `run`: one loop for all.
 
-Each reads documents (file argument or stdin), applies its step(s), writes each document as
+Each reads documents (file arguments or stdin), applies its step(s), writes each document as
 one JSON line on stdout and reports on stderr. Exit 0: every document went through; 1: at
 least one failed or could not be read; 2: usage or configuration error.
+
+A batch reports itself once: on a terminal, a progress bar while it runs and a table at the
+end; otherwise (cron, a log file) one summary line. While the bar is drawn, log lines go
+through the same rich console, which prints them above the bar instead of into it. The bar
+measures the bytes read when the input is files (their size is known); on stdin it counts.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from handler_cli.commands._common import (
+    BEFORE_COMMAND,
     ExitCode,
     InputArg,
+    Inputs,
     PrettyOpt,
     QuietOpt,
     StrictOpt,
     VerboseOpt,
-    open_input,
+    fail,
+    settings_or_exit,
 )
 from handler_cli.steps import PIPELINE, Step
 
+if TYPE_CHECKING:
+    from handler_cli.document import Document
+
 log = logging.getLogger("handler_cli")
 
-
 def process(
-    path: Path | None,
+    paths: list[Path] | None,
     steps: Sequence[Step],
     *,
+    command: str,
+    example: str,
     pretty: bool = False,
     strict: bool = False,
     quiet: bool = False,
     verbose: bool = False,
     show_progress: bool = False,
 ) -> int:
-    """Apply `steps` to every document of the input; return the exit code."""
-    from handler_cli import logs
-    from handler_cli.config import ConfigError, load_settings
+    """Apply `steps` to every document of the inputs; return the exit code."""
+    from handler_cli.config import ConfigError
     from handler_cli.context import Context
     from handler_cli.jsonio import InputError, read_documents
     from handler_cli.pipeline import run_chain
 
-    logs.setup(-1 if quiet else (1 if verbose else 0))
-    try:
-        settings = load_settings(handler_strict=True if strict else None)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return ExitCode.USAGE
+    settings = settings_or_exit(quiet=quiet, verbose=verbose, strict=strict)
+    inputs = Inputs(paths, example)
     ctx = Context(settings)
-    stream = open_input(path)
     out = sys.stdout.buffer  # JSON is UTF-8 (RFC 8259), whatever the terminal's locale
-    tally: Counter[str] = Counter()
-    summary = _Summary(show_progress and sys.stderr.isatty() and not quiet)
+    quiet = quiet or BEFORE_COMMAND.quiet
+    live = show_progress and not quiet and sys.stderr.isatty()
+    report = BatchReport(command, live=live, total_bytes=inputs.total_bytes,
+                         done_bytes=inputs.done_bytes)
     try:
-        for item in read_documents(stream):
-            if isinstance(item, InputError):
-                log.error("%s", item)
-                tally["unreadable"] += 1
-                summary.advance(None)
-                continue
-            ok = run_chain(item, ctx, steps)
-            tally["ok" if ok else "failed"] += 1
-            out.write((item.to_json(pretty) + "\n").encode())
-            summary.advance(item)
+        for source, stream in inputs:
+            for item in read_documents(stream, source):
+                if isinstance(item, InputError):
+                    log.error("%s", item)
+                    report.unreadable()
+                    continue
+                ok = run_chain(item, ctx, steps)
+                out.write((item.to_json(pretty) + "\n").encode())
+                report.processed(item, ok)
     except ConfigError as exc:
-        log.error("%s", exc)
-        return ExitCode.USAGE
-    finally:
-        summary.close()
+        report.close(ctx)
         out.flush()
-    summary.report(tally, ctx)
-    if tally["failed"] or tally["unreadable"]:
-        if not summary.live:
-            log.warning("%d ok, %d failed, %d unreadable", tally["ok"], tally["failed"],
-                        tally["unreadable"])
+        fail(ExitCode.USAGE, "%s", exc)
+    except BrokenPipeError:  # `handler-cli run big.jsonl | head`: the reader has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        report.close(ctx)
         return ExitCode.FAILED
-    return ExitCode.OK
+    out.flush()
+    report.close(ctx)
+    return ExitCode.FAILED if report.failed else ExitCode.OK
 
 
-class _Summary:
-    """On a terminal: a progress bar while running, a short table at the end (rich, stderr)."""
+SERVICES = ("crm", "files", "mailer", "tasks", "llm")
 
-    def __init__(self, live: bool) -> None:
+
+class BatchReport:
+    """Counts what a command did to its documents and tells a person, once, at the end."""
+
+    def __init__(self, command: str, *, live: bool, total_bytes: int | None,
+                 done_bytes: Callable[[], int]) -> None:
+        self.command = command
         self.live = live
+        self.tally: Counter[str] = Counter()
         self.types: Counter[str] = Counter()
         self.statuses: Counter[str] = Counter()
         self.emails = 0
-        self._progress = None
-        self._task = None
+        self._started = time.monotonic()
+        self._done_bytes = done_bytes
+        self._stack = ExitStack()
+        self._progress: Any = None
+        self._task: Any = None
         if live:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+            self._start(total_bytes)
 
-            self.console = Console(stderr=True)
-            self._progress = Progress(
-                TextColumn("documents"), BarColumn(), MofNCompleteColumn(),
-                console=self.console, transient=True,
-            )
-            self._progress.start()
-            self._task = self._progress.add_task("run", total=None)
+    def _start(self, total_bytes: int | None) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
-    def advance(self, doc: object) -> None:
-        from handler_cli.document import Document
+        from handler_cli import logs
 
-        if isinstance(doc, Document):
-            self.types[doc.type_final or "?"] += 1
-            self.statuses[doc.validation_status or "-"] += 1
-            self.emails += len(doc.emails)
-        if self._progress is not None and self._task is not None:
-            self._progress.advance(self._task)
+        self.console = Console(stderr=True)
+        columns: list[Any] = [TextColumn("{task.fields[count]} documents"), BarColumn()]
+        if total_bytes is not None:  # files: how much of them is read, and how long is left
+            columns += [TaskProgressColumn(), DownloadColumn(), TimeRemainingColumn()]
+        self._progress = Progress(*columns, console=self.console, transient=True,
+                                  redirect_stdout=False)
+        self._task = self._progress.add_task(self.command, total=total_bytes, count=0)
+        self._stack.enter_context(logs.through_console(self.console))
+        self._stack.enter_context(self._progress)
 
-    def close(self) -> None:
+    def unreadable(self) -> None:
+        self.tally["unreadable"] += 1
+        self._advance()
+
+    def processed(self, doc: Document, ok: bool) -> None:
+        self.tally["ok" if ok else "failed"] += 1
+        self.types[doc.type_final or "?"] += 1
+        if doc.validation_status:
+            self.statuses[doc.validation_status] += 1
+        self.emails += len(doc.emails)
+        self._advance()
+
+    def _advance(self) -> None:
         if self._progress is not None:
-            self._progress.stop()
+            self._progress.update(self._task, completed=self._done_bytes(),
+                                  count=sum(self.tally.values()))
 
-    def report(self, tally: Counter[str], ctx: object) -> None:
-        if not self.live:
+    @property
+    def failed(self) -> bool:
+        return bool(self.tally["failed"] or self.tally["unreadable"])
+
+    def close(self, ctx: Any) -> None:
+        """Stop the bar; then the table (terminal) or one summary line on stderr."""
+        self._stack.close()
+        counts = (f"{self.tally['ok']} ok, {self.tally['failed']} failed, "
+                  f"{self.tally['unreadable']} unreadable")
+        if self.live:
+            self._table(counts, ctx)
             return
+        seconds = time.monotonic() - self._started
+        details = [", ".join(f"{k} {v}" for k, v in sorted(self.types.items())),
+                   ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items())),
+                   f"{self.emails} e-mail{'s' * (self.emails != 1)}" if self.emails else ""]
+        line = f"{self.command}: {counts}" + "".join(f"; {d}" for d in details if d)
+        (log.warning if self.failed else log.info)("%s (%.1f s)", line, seconds)
+
+    def _table(self, counts: str, ctx: Any) -> None:
         from rich.table import Table
 
-        table = Table(title="handler-cli run", show_header=False, title_justify="left")
-        table.add_row("documents", f"{tally['ok']} ok, {tally['failed']} failed, "
-                      f"{tally['unreadable']} unreadable")
+        table = Table(title=f"handler-cli {self.command}", show_header=False,
+                      title_justify="left")
+        table.add_row("documents", counts)
         table.add_row("types", ", ".join(f"{k} {v}" for k, v in sorted(self.types.items())))
-        table.add_row("statuses", ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items())))
+        if self.statuses:
+            table.add_row("statuses",
+                          ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items())))
         table.add_row("e-mails", str(self.emails))
-        for service in ("crm", "files", "mailer", "tasks", "llm"):
-            backend = vars(ctx).get(service)  # only what this run actually used
+        for service in SERVICES:
+            backend = vars(ctx).get(service)  # only what this batch actually used
             if backend is not None:
                 table.add_row(service, backend.describe())
+        table.add_row("time", f"{time.monotonic() - self._started:.1f} s")
         self.console.print(table)
 
 
 def step_command(step: Step) -> Callable[..., None]:
     """A Typer command applying one step; all steps share the same options."""
+    example = _example(step)
 
     def command(
         input: InputArg = None, pretty: PrettyOpt = False, strict: StrictOpt = False,
         quiet: QuietOpt = False, verbose: VerboseOpt = False,
     ) -> None:
-        raise typer.Exit(process(input, [step], pretty=pretty, strict=strict, quiet=quiet,
-                                 verbose=verbose))
+        raise typer.Exit(process(input, [step], command=step.name, example=example,
+                                 pretty=pretty, strict=strict, quiet=quiet, verbose=verbose))
 
     command.__doc__ = (
-        f"{step.summary}\n\nReads request documents (JSON object or JSON Lines) and writes them "
-        f"back on stdout with this step's fields added. A document that already has them is "
-        f"passed through unchanged, so re-running never repeats a side effect.\n\n"
-        f"Example: `{_example(step)}`"
+        f"{step.summary}\n\nReads request documents (JSON objects, arrays or JSON Lines, from "
+        f"files or stdin) and writes them back on stdout with this step's fields added. A "
+        f"document that already has them is passed through unchanged, so re-running never "
+        f"repeats a side effect.\n\nExample: `{example}`"
     )
     return command
 
@@ -159,11 +215,14 @@ def step_command(step: Step) -> Callable[..., None]:
 def _example(step: Step) -> str:
     """The shortest pipe that brings a sample to this step."""
     if step not in PIPELINE:
-        return f"handler-cli {step.name} validated.jsonl  (documents the client validated)"
+        return f"handler-cli requests show REQUEST_ID | handler-cli {step.name}"
     before = PIPELINE[: PIPELINE.index(step) + 1]
     return "handler-cli " + " | handler-cli ".join(
         [f"{before[0].name} samples/modelisation_simple.json", *(s.name for s in before[1:])]
     )
+
+
+RUN_EXAMPLE = "handler-cli run samples/modelisation_simple.json"
 
 
 def run(
@@ -174,9 +233,11 @@ def run(
 
     classify → upload → contact → ticket → analyze → notify-client → notify-admin. Gives the
     same document as piping the step commands one into the other. Safe to re-run: steps
-    already done are skipped.
+    already done are skipped. On a terminal, a progress bar and a summary table; otherwise
+    one summary line on stderr.
 
-    Example: handler-cli run samples/modelisation_simple.json --pretty
+    Example: `handler-cli run samples/*.json --pretty`
     """
-    raise typer.Exit(process(input, PIPELINE, pretty=pretty, strict=strict, quiet=quiet,
-                             verbose=verbose, show_progress=True))
+    raise typer.Exit(process(input, PIPELINE, command="run", example=RUN_EXAMPLE,
+                             pretty=pretty, strict=strict, quiet=quiet, verbose=verbose,
+                             show_progress=True))

@@ -354,5 +354,5 @@ def run(doc: Document, ctx: Context) -> Document:
     # The ticket first: if the CRM refuses, the document stays unassessed and a re-run retries.
     ctx.crm.update_ticket(doc.ticket_id, result.ticket_properties())
     result.record(doc)
-    log.info("%s: analyze: %s (%s)", doc.request_id, result.validation_status, result.rule)
+    log.debug("%s: analyze: %s (%s)", doc.request_id, result.validation_status, result.rule)
     return doc

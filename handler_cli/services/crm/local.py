@@ -10,10 +10,15 @@ import json
 import sqlite3
 import threading
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from handler_cli.services import EmailRecord, ServiceError, TicketDraft, WaitingTicket
 from handler_cli.sqlite import connect
+
+if TYPE_CHECKING:
+    from handler_cli.checks import Finding
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS contacts (
@@ -45,11 +50,25 @@ class LocalCRM:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._db = connect(path, SCHEMA)
-        self._db.row_factory = sqlite3.Row
+
+    @cached_property
+    def _db(self) -> sqlite3.Connection:
+        """Opened (and created) on first use, under the lock: `doctor` builds the backend to
+        describe it and must leave a fresh data dir untouched."""
+        db = connect(self.path, SCHEMA)
+        db.row_factory = sqlite3.Row
+        return db
 
     def describe(self) -> str:
         return f"local SQLite CRM at {self.path}"
+
+    def check(self) -> list[Finding]:
+        from handler_cli.checks import sqlite_rows, writable_place
+
+        found = [writable_place(self.path, "CRM file")]
+        if self.path.exists():
+            found.append(sqlite_rows(self.path, "tickets", "the local CRM"))
+        return found
 
     def _one(self, sql: str, args: tuple[object, ...]) -> sqlite3.Row | None:
         with self._lock:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from handler_cli.checks import Finding
 
 
 class LocalFileStore:
@@ -13,6 +17,11 @@ class LocalFileStore:
 
     def describe(self) -> str:
         return f"local folder {self.root}"
+
+    def check(self) -> list[Finding]:
+        from handler_cli.checks import writable_place
+
+        return [writable_place(self.root, "file folder")]
 
     def put(self, key: str, data: bytes, content_type: str) -> str:
         target = (self.root / key).resolve()

@@ -10,6 +10,10 @@ import re
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from handler_cli.checks import Finding
 
 
 class OutboxMailer:
@@ -20,6 +24,15 @@ class OutboxMailer:
 
     def describe(self) -> str:
         return f"outbox folder {self.folder} (nothing is really sent)"
+
+    def check(self) -> list[Finding]:
+        from handler_cli.checks import proved, writable_place
+
+        found = [writable_place(self.folder, "outbox folder")]
+        if self.folder.is_dir():
+            found.append(proved(f"the outbox holds {len(list(self.folder.glob('*.eml')))} "
+                                "e-mail(s); nothing leaves this machine"))
+        return found
 
     def path_for(self, message_id: str) -> Path:
         return self.folder / (re.sub(r"[^A-Za-z0-9_.@-]", "_", message_id.strip("<>")) + ".eml")

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from handler_cli.sqlite import connect
+
+if TYPE_CHECKING:
+    from handler_cli.checks import Finding
 
 
 class LocalTaskBoard:
@@ -15,12 +21,24 @@ class LocalTaskBoard:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._db = connect(path, "CREATE TABLE IF NOT EXISTS subtasks (id INTEGER PRIMARY KEY,"
-                                 " parent_id TEXT NOT NULL, name TEXT NOT NULL,"
-                                 " description TEXT NOT NULL, created_at TEXT NOT NULL)")
+
+    @cached_property
+    def _db(self) -> sqlite3.Connection:
+        """Opened (and created) on first use, under the lock (see LocalCRM._db)."""
+        return connect(self.path, "CREATE TABLE IF NOT EXISTS subtasks (id INTEGER PRIMARY KEY,"
+                                  " parent_id TEXT NOT NULL, name TEXT NOT NULL,"
+                                  " description TEXT NOT NULL, created_at TEXT NOT NULL)")
 
     def describe(self) -> str:
         return f"local SQLite task board at {self.path}"
+
+    def check(self) -> list[Finding]:
+        from handler_cli.checks import sqlite_rows, writable_place
+
+        found = [writable_place(self.path, "task board file")]
+        if self.path.exists():
+            found.append(sqlite_rows(self.path, "subtasks", "the local task board"))
+        return found
 
     def find_subtask(self, parent_id: str, marker: str) -> str | None:
         with self._lock:
