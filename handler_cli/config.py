@@ -31,7 +31,18 @@ class Settings(BaseModel):
     handler_llm_model: str = "claude-haiku-4-5"
     handler_llm_timeout: float = 8.0
     handler_max_file_bytes: int = 25 * 1024 * 1024
+    # Overall deadline of one attachment download: connection to last byte, redirects included.
     handler_download_timeout: float = 20.0
+    # Client-given file URLs (issue 10, docs/production.md "Threat model"): besides the
+    # per-file limits above, all the files of one request share a deadline and a byte budget,
+    # and downloads reach public addresses only, plus the internal hosts listed here (names or
+    # CIDR networks, space- or comma-separated) by an operator who really needs one.
+    handler_request_download_timeout: float = 60.0
+    handler_max_request_file_bytes: int = 100 * 1024 * 1024
+    handler_download_allow: str | None = None
+    # Keys the unguessable part of stored files' keys (128 bits, stable per request); without
+    # it, a secret generated once in the data dir. Set the same one on every node when scaled out.
+    handler_file_key_secret: str | None = None
     # Attachments given as local paths are read only where an operator runs the CLI;
     # the webhook server turns this off so a form cannot make it read the server's files.
     handler_allow_local_files: bool = True
@@ -116,7 +127,7 @@ class Settings(BaseModel):
 SECRET_FIELDS = frozenset(
     {"hubspot_access_token", "r2_secret_access_key", "clickup_api_token", "smtp_password",
      "anthropic_api_key", "r2_access_key_id", "webhook_secret", "webhook_token",
-     "imap_password"}
+     "imap_password", "handler_file_key_secret"}
 )
 
 

@@ -54,12 +54,13 @@ def test_ticket_needs_the_classification(ctx: Context) -> None:
     assert doc.ticket_id is None
 
 
-def test_upload_stores_files_under_the_request_and_date(ctx: Context) -> None:
+def test_upload_stores_files_under_the_request_and_its_token(ctx: Context) -> None:
     doc = upload.run(classified("modelisation_simple"), ctx)
     (url,) = doc.fichiers_urls or []
     path = Path(url.removeprefix("file://"))
     assert path.read_bytes().startswith(b"\x89PNG")
-    assert f"/requests/{ctx.now():%Y-%m-%d}/{doc.request_id}/vase.png" in url
+    token = upload.file_token(ctx.settings, doc.request_id)
+    assert f"/requests/{doc.request_id}/{token}/vase.png" in url
 
 
 def test_upload_skips_support_and_requests_without_files(ctx: Context) -> None:

@@ -77,6 +77,23 @@ def _templates() -> list[str]:
                   if not p.name.startswith("_"))
 
 
+def _variables(ctx: Context, name: str) -> set[str]:
+    """The variables a template and the templates it includes read."""
+    from jinja2 import TemplateNotFound, meta
+
+    env = ctx.renderer.env
+    try:
+        source = env.loader.get_source(env, name)[0]  # type: ignore[union-attr]
+    except TemplateNotFound:
+        return set()
+    tree = env.parse(source)
+    found = set(meta.find_undeclared_variables(tree))
+    for included in meta.find_referenced_templates(tree):
+        if included:
+            found |= _variables(ctx, included)
+    return found
+
+
 def _forged(text: str) -> list[str]:
     """Lines a reader would take for ours: a status or a file link the client wrote."""
     return [line for line in text.splitlines()
@@ -105,6 +122,11 @@ def test_no_template_lets_a_value_write_a_line_of_its_own(
              "files": [hostile(brk)], "ticket_url": "https://crm/1001", "is_question": True,
              "after_decision": False, "subtask_ok": False, "subtask_error": hostile(brk),
              "awaited": awaited, "days": 15, "replied": False, "reminder_kind": "reminder"}
+
+    # A template added later gets a hostile value for every variable it reads.
+    for name in _variables(ctx, f"{template}.txt.j2") | _variables(ctx, f"{template}.html.j2"):
+        if name not in extra and name not in ("doc", "settings", "now"):
+            extra[name] = hostile(brk)
 
     msg, text = build_message(ctx, doc, "k", template, doc.user_email, extra)
 

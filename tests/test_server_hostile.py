@@ -3,6 +3,7 @@ never a 500, and nothing is stored; or it is accepted and goes through in one pi
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.file_peer import PHOTO, file_peer
 from tests.test_server import AUTH, outbox, payload, running, stored_rows, wait_for, webhook_settings
 
 
@@ -90,3 +92,27 @@ def test_line_separators_in_one_line_fields_do_not_stop_the_request(
         body = message.get_body(("plain",)).get_content()
         assert not [line for line in body.splitlines()
                     if line.startswith(("Statut : validated", "- https://evil"))]
+
+
+def test_file_urls_into_the_server_network_become_notes_never_fetched(
+    client: httpx.Client, data_dir: Path
+) -> None:
+    with file_peer() as peer:
+        request = payload(
+            source="modelisation", objet="Modélisation 3D d'un vase",
+            description="Je voudrais un modèle 3D de ce vase en céramique, hauteur 30 cm.",
+            fichiers=[peer.url("/photo.png"), peer.url("/photo.png", "localhost"),
+                      peer.url("/photo.png", "0177.0.0.1"), peer.url("/photo.png", "2130706433"),
+                      {"name": "meta.png", "url": "http://169.254.169.254/latest/meta-data/"},
+                      {"name": "vase.png", "content_base64": base64.b64encode(PHOTO).decode()}])
+        answer = client.post("/webhook/request", json=request, headers=AUTH)
+        assert answer.status_code == 202
+        view = wait_for(client, answer.json()["status_url"])
+        assert peer.seen == []
+    assert view["status"] == "done" and view["attempts"] == 1 and view["errors"] == []
+    [summary] = [m for m in outbox(data_dir) if m["X-Handler-Request-Id"] == view["request_id"]
+                 and "Nouvelle demande" in str(m["Subject"])]
+    body = summary.get_body(("plain",)).get_content()
+    assert body.count("écarté : adresse") == 5
+    assert "169.254.169.254 : lien local" in body and "forme non standard" in body
+    assert body.count("/vase.png") == 1  # the one real file is stored and linked

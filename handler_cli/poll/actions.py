@@ -128,6 +128,7 @@ def keep_files(ctx: Context, doc: Document, reply: Reply) -> Reply:
     )
     from handler_cli.replies import ReplyFile
     from handler_cli.steps import note
+    from handler_cli.steps.upload import storage_key
 
     if all(item.data is None for item in reply.files):
         return reply
@@ -148,7 +149,7 @@ def keep_files(ctx: Context, doc: Document, reply: Reply) -> Reply:
                            f"écartée : {exc}.")
             continue
         content_type = EXTRA_TYPES.get(extension(name)) or item.content_type
-        key = f"requests/{reply.at:%Y-%m-%d}/{doc.request_id}/reponse-{reply.key}-{name}"
+        key = storage_key(ctx, doc, f"reponse-{reply.key}-{name}")  # unguessable, as uploads
         link = ctx.files.put(key, item.data, content_type)
         kept.append(ReplyFile(name=name, url=link, content_type=content_type))
     return dataclasses.replace(reply, files=tuple(kept))
