@@ -142,9 +142,28 @@ def _loopback(request: Request) -> bool:
         return host in ("localhost", "testclient")
 
 
+# Headers a proxy adds: their presence means the loopback peer is a proxy, not the client.
+FORWARDED_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto",
+                     b"x-real-ip", b"x-client-ip", b"true-client-ip", b"cf-connecting-ip",
+                     b"fastly-client-ip", b"x-cluster-client-ip", b"via")
+
+
+def _through_a_proxy(request: Request) -> bool:
+    return any(name in FORWARDED_HEADERS for name, _ in request.scope["headers"])
+
+
 def _unauthenticated_ok(intake: Intake, request: Request) -> bool:
-    """With no credential configured, only loopback clients (unless told otherwise)."""
-    return intake.settings.handler_insecure or _loopback(request)
+    """With no credential configured, only loopback clients (unless told otherwise), and
+    only when they came straight: a reverse proxy on this host is a loopback peer too, and
+    it would make every client on the Internet look local (issue 10)."""
+    if intake.settings.handler_insecure:
+        return True
+    return _loopback(request) and not _through_a_proxy(request)
+
+
+_NO_CREDENTIALS = ("no credential is configured: only loopback clients that come straight "
+                   "(no Forwarded or X-Forwarded-* header) are accepted; behind a reverse "
+                   "proxy, set WEBHOOK_SECRET or WEBHOOK_TOKEN")
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
@@ -179,18 +198,22 @@ def _idempotency_key(headers: dict[str, str], webhook_id: str | None) -> str | N
     return f"idempotency-key:{given}" if given else None
 
 
-def _status_url(request: Request, headers: dict[str, str], request_id: str) -> str:
-    """Where the sender asks for news (what `url_for` gives, without its cost per post)."""
-    scope = request.scope
-    host = headers.get("host") or "{}:{}".format(*scope["server"])
-    return f"{scope['scheme']}://{host}{scope.get('root_path', '')}/requests/{request_id}"
+def _status_url(settings: Settings, request: Request, request_id: str) -> str:
+    """Where the sender asks for news: on HANDLER_PUBLIC_URL, else a path on this server.
+
+    Never built from the Host header (or X-Forwarded-Host): whoever sends the post chooses
+    those, and a link we hand out must point where we say, not where a sender said."""
+    path = f"{request.scope.get('root_path', '')}/requests/{request_id}"
+    if settings.handler_public_url:
+        return settings.handler_public_url.rstrip("/") + f"/requests/{request_id}"
+    return path
 
 
 async def receive_request(intake: Intake, request: Request) -> JSONResponse:
     """POST /webhook/request"""
     headers = _headers(request)
     if not intake.auth.configured and not _unauthenticated_ok(intake, request):
-        return _problem(401, "no credential is configured: only loopback clients are accepted")
+        return _problem(401, _NO_CREDENTIALS)
     token_ok = intake.auth.token_ok(headers)
     if intake.auth.configured and not token_ok and not intake.auth.may_be_signed(headers):
         return _problem(401, "authentication required (bearer token or webhook signature)")
@@ -257,7 +280,7 @@ async def receive_request(intake: Intake, request: Request) -> JSONResponse:
         log.debug("%s: accepted (%s)", accepted.request_id, doc.source)
     body_out: dict[str, Any] = {
         "request_id": accepted.request_id,
-        "status_url": _status_url(request, headers, accepted.request_id),
+        "status_url": _status_url(intake.settings, request, accepted.request_id),
         "status": accepted.status,
     }
     if not accepted.created:
@@ -284,8 +307,7 @@ async def request_status(intake: Intake, request: Request) -> JSONResponse:
     """GET /requests/{request_id}: needs the token, or a signed request (empty body)."""
     if not intake.auth.configured:
         if not _unauthenticated_ok(intake, request):
-            return _problem(401, "no credential is configured: only loopback clients are "
-                                 "accepted")
+            return _problem(401, _NO_CREDENTIALS)
     else:
         try:
             intake.auth.check(_headers(request), b"")

@@ -161,7 +161,8 @@ def test_accepted_request_is_stored_before_the_answer_then_processed(
     assert answer.status_code == 202
     body = answer.json()
     assert body["request_id"].startswith("req_")
-    assert body["status_url"] == f"{client.base_url}/requests/{body['request_id']}"
+    # A path on this server: no HANDLER_PUBLIC_URL here, and never the Host header.
+    assert body["status_url"] == f"/requests/{body['request_id']}"
     # Already in the store when the 202 arrived (read by another connection).
     assert body["request_id"] in [rid for rid, _ in stored_rows(data_dir)]
     view = wait_for(client, body["status_url"])
@@ -253,10 +254,10 @@ def test_signed_request_is_accepted_and_its_status_readable_signed(
     body = json.dumps(payload()).encode()
     answer = _post_signed(signed_url, body, signed_headers(SECRET, "msg_1", body))
     assert answer.status_code == 202
-    status = httpx.get(answer.json()["status_url"],
-                       headers=signed_headers(SECRET, "msg_status", b""))
+    status_url = signed_url + answer.json()["status_url"]
+    status = httpx.get(status_url, headers=signed_headers(SECRET, "msg_status", b""))
     assert status.status_code == 200
-    assert httpx.get(answer.json()["status_url"]).status_code == 401
+    assert httpx.get(status_url).status_code == 401
 
 
 def test_bad_stale_or_future_signatures_are_401_and_store_nothing(
@@ -310,11 +311,48 @@ def test_without_credentials_only_loopback_clients_are_served(data_dir: Path) ->
         local = httpx.post(f"{url}/webhook/request", json=payload())
         remote = httpx.post(f"{url}/webhook/request", json=payload(),
                             headers={"X-Forwarded-For": "203.0.113.7"})
-        remote_status = httpx.get(local.json()["status_url"],
+        remote_status = httpx.get(url + local.json()["status_url"],
                                   headers={"X-Forwarded-For": "203.0.113.7"})
     assert local.status_code == 202
     assert remote.status_code == 401 and remote_status.status_code == 401
     assert len(stored_rows(data_dir)) == 1
+
+
+@pytest.mark.parametrize(("header", "value"), [
+    ("Forwarded", "for=203.0.113.7;proto=https"), ("X-Forwarded-For", "203.0.113.7"),
+    ("X-Real-IP", "203.0.113.7"), ("X-Forwarded-Proto", "https"), ("Via", "1.1 nginx"),
+])
+def test_without_credentials_a_post_through_a_local_proxy_is_refused(
+    data_dir: Path, header: str, value: str
+) -> None:
+    # A reverse proxy on this host that uvicorn was not told about: every client it forwards
+    # reaches us from 127.0.0.1, but its headers give it away.
+    settings = webhook_settings(data_dir, WEBHOOK_TOKEN="")
+    with running(settings) as url:
+        proxied = httpx.post(f"{url}/webhook/request", json=payload(), headers={header: value})
+        direct = httpx.post(f"{url}/webhook/request", json=payload())
+        status = httpx.get(url + direct.json()["status_url"], headers={header: value})
+    assert proxied.status_code == 401 and "WEBHOOK_TOKEN" in proxied.json()["error"]
+    assert status.status_code == 401
+    assert direct.status_code == 202 and len(stored_rows(data_dir)) == 1
+
+
+def test_with_credentials_a_proxy_in_front_is_fine(client: httpx.Client) -> None:
+    answer = client.post("/webhook/request", json=payload(),
+                         headers={**AUTH, "X-Forwarded-For": "203.0.113.7", "Via": "1.1 nginx"})
+    assert answer.status_code == 202
+
+
+def test_status_url_never_reflects_the_host_header(data_dir: Path) -> None:
+    forged = {**AUTH, "Host": "evil.example", "X-Forwarded-Host": "evil.example"}
+    with running(webhook_settings(data_dir)) as url:
+        plain = httpx.post(f"{url}/webhook/request", json=payload(), headers=forged)
+    public = webhook_settings(data_dir, HANDLER_PUBLIC_URL="https://intake.example.com/")
+    with running(public) as url:
+        built = httpx.post(f"{url}/webhook/request", json=payload(), headers=forged)
+    assert plain.json()["status_url"] == f"/requests/{plain.json()['request_id']}"
+    assert built.json()["status_url"] == (
+        f"https://intake.example.com/requests/{built.json()['request_id']}")
 
 
 # --- rejected bodies ------------------------------------------------------------------------
@@ -423,7 +461,7 @@ def test_replayed_webhook_id_returns_the_first_request_and_runs_once(
     first = _post_signed(signed_url, body, signed_headers(SECRET, "msg_replay", body))
     assert first.status_code == 202
     deadline = time.monotonic() + 30
-    while httpx.get(first.json()["status_url"], headers=signed_headers(SECRET, "s", b"")
+    while httpx.get(signed_url + first.json()["status_url"], headers=signed_headers(SECRET, "s", b"")
                     ).json()["status"] != "done":
         assert time.monotonic() < deadline
         time.sleep(0.05)

@@ -97,7 +97,7 @@ def test_uvicorn_serves_the_importable_app_with_settings_from_the_environment(
     answer = httpx.post(f"{url}/webhook/request", json=payload(), headers=AUTH)
     assert answer.status_code == 202
     deadline = time.monotonic() + 30
-    while httpx.get(answer.json()["status_url"], headers=AUTH).json()["status"] != "done":
+    while httpx.get(url + answer.json()["status_url"], headers=AUTH).json()["status"] != "done":
         assert time.monotonic() < deadline
         time.sleep(0.05)
     stop(proc)
