@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 DEFAULT_ADMIN_EMAIL = "yvanol.fotso@valione-services.com"
 
@@ -115,6 +115,19 @@ class Settings(BaseModel):
     # default (pydantic copies it) rather than a factory: see document.empty_list.
     sources: dict[str, str] = Field(default={}, exclude=True)
 
+    @field_validator("handler_download_allow")
+    @classmethod
+    def _allow_list(cls, value: str | None) -> str | None:
+        """A typo here must stop `serve` at start, not fail every request with files."""
+        if value:
+            from handler_cli.netguard import Allowance
+
+            try:
+                Allowance.parse(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc).removeprefix("HANDLER_DOWNLOAD_ALLOW: ")) from None
+        return value
+
     @property
     def data_dir(self) -> Path:
         if self.handler_data_dir is not None:
@@ -171,6 +184,7 @@ def load_settings(
         return Settings(**values, sources=sources)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(
-            f"{str(err['loc'][0]).upper()}: {err['msg']}" for err in exc.errors()
+            f"{str(err['loc'][0]).upper()}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
         )
         raise ConfigError(f"invalid setting: {problems}") from None

@@ -28,15 +28,15 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
-
-import httpcore
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import quote, urlsplit
 
 from handler_cli.config import ConfigError
 
 if TYPE_CHECKING:
     import ssl
+
+    import httpcore
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -153,8 +153,11 @@ def check_url(url: str) -> Target:
     raw = parts.hostname or ""
     if not raw:
         raise Refused("adresse sans hôte")
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    port = port or (443 if scheme == "https" else 80)
+    # Spaces and non-ASCII characters are percent-encoded, as a browser sends them; what
+    # is already encoded stays as it is.
+    target = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+                   safe="/?:@!$&'()*+,;=%~[]")
+    port = port if port is not None else (443 if scheme == "https" else 80)
     if parts.netloc.rpartition("@")[2].startswith("["):
         try:
             literal: IPAddress = ipaddress.IPv6Address(raw)
@@ -233,21 +236,31 @@ class NetGuard:
 
     def pool(self, deadline: float) -> httpcore.ConnectionPool:
         """A connection pool whose every connection is checked and bounded by `deadline`."""
-        return httpcore.ConnectionPool(
-            ssl_context=self.ssl_context, network_backend=GuardedBackend(self, deadline),
-            max_connections=1, retries=0,
-        )
+        import httpcore
+
+        backend = cast(httpcore.NetworkBackend, GuardedBackend(self, deadline))
+        return httpcore.ConnectionPool(ssl_context=self.ssl_context, network_backend=backend,
+                                       max_connections=1, retries=0)
 
 
-def _left(deadline: float, timeout: float | None, error: type[Exception]) -> float:
+def _left(deadline: float, timeout: float | None, operation: str) -> float:
     """The time an operation may take: its own timeout, cut to what the deadline leaves."""
     left = deadline - time.monotonic()
     if left <= 0:
+        import httpcore
+
+        error = {"read": httpcore.ReadTimeout, "write": httpcore.WriteTimeout}.get(
+            operation, httpcore.ConnectTimeout)
         raise error("download deadline passed")
     return left if timeout is None else min(timeout, left)
 
 
-class DeadlineStream(httpcore.NetworkStream):
+# The two classes below implement httpcore's NetworkStream and NetworkBackend interfaces by
+# their methods (httpcore calls them, it never checks their type), so that this module, and
+# the settings that parse HANDLER_DOWNLOAD_ALLOW with it, import httpcore only to download.
+
+
+class DeadlineStream:
     """A socket stream whose every operation ends by the download's deadline."""
 
     def __init__(self, inner: httpcore.NetworkStream, deadline: float) -> None:
@@ -255,45 +268,47 @@ class DeadlineStream(httpcore.NetworkStream):
         self.deadline = deadline
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self.inner.read(max_bytes, _left(self.deadline, timeout, httpcore.ReadTimeout))
+        return self.inner.read(max_bytes, _left(self.deadline, timeout, "read"))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self.inner.write(buffer, _left(self.deadline, timeout, httpcore.WriteTimeout))
+        self.inner.write(buffer, _left(self.deadline, timeout, "write"))
 
     def close(self) -> None:
         self.inner.close()
 
     def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                  timeout: float | None = None) -> httpcore.NetworkStream:
+                  timeout: float | None = None) -> DeadlineStream:
         # httpcore passes the URL's name as server_hostname: SNI and the certificate check
         # are for the name, while the socket is connected to the checked address.
-        self.inner = self.inner.start_tls(
-            ssl_context, server_hostname=server_hostname,
-            timeout=_left(self.deadline, timeout, httpcore.ConnectTimeout))
+        self.inner = self.inner.start_tls(ssl_context, server_hostname=server_hostname,
+                                          timeout=_left(self.deadline, timeout, "connect"))
         return self
 
     def get_extra_info(self, info: str) -> Any:
         return self.inner.get_extra_info(info)
 
 
-class GuardedBackend(httpcore.NetworkBackend):
+class GuardedBackend:
     """httpcore's network backend for one download: checked addresses, one deadline."""
 
     def __init__(self, guard: NetGuard, deadline: float) -> None:
+        import httpcore
+
         self.guard = guard
         self.deadline = deadline
         self.system = httpcore.SyncBackend()
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                     local_address: str | None = None,
-                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+                    socket_options: Iterable[Any] | None = None) -> DeadlineStream:
+        import httpcore
+
         addresses = self.guard.resolve(host, port, self.deadline)
         error: Exception | None = None
         for address in addresses:  # every one checked; the first that answers
             try:
                 stream = self.system.connect_tcp(
-                    address, port,
-                    timeout=_left(self.deadline, timeout, httpcore.ConnectTimeout),
+                    address, port, timeout=_left(self.deadline, timeout, "connect"),
                     local_address=local_address, socket_options=socket_options)
             except httpcore.ConnectError as exc:
                 error = exc
@@ -303,8 +318,7 @@ class GuardedBackend(httpcore.NetworkBackend):
         raise error
 
     def connect_unix_socket(self, path: str, timeout: float | None = None,
-                            socket_options: Iterable[Any] | None = None
-                            ) -> httpcore.NetworkStream:
+                            socket_options: Iterable[Any] | None = None) -> DeadlineStream:
         raise Refused("socket locale refusée")
 
     def sleep(self, seconds: float) -> None:

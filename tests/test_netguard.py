@@ -156,3 +156,16 @@ def test_the_allowance_never_admits_a_non_standard_spelling() -> None:
 def test_a_bad_allow_entry_is_a_configuration_error() -> None:
     with pytest.raises(ConfigError, match="HANDLER_DOWNLOAD_ALLOW"):
         Allowance.parse("files.intra 10.0.0.0/33x")
+
+
+def test_a_bad_allow_setting_stops_at_start() -> None:
+    from handler_cli.config import load_settings
+
+    with pytest.raises(ConfigError, match=r"HANDLER_DOWNLOAD_ALLOW: '10.0.0.0/33x' is neither"):
+        load_settings(environ={"HANDLER_DOWNLOAD_ALLOW": "files.intra 10.0.0.0/33x"})
+
+
+def test_the_request_line_is_percent_encoded_like_a_browser_would() -> None:
+    assert check_url("http://example.com/mon vase é.png?a=1 2").target == (
+        "/mon%20vase%20%C3%A9.png?a=1%202")
+    assert check_url("http://example.com/d%C3%A9j%C3%A0.png").target == "/d%C3%A9j%C3%A0.png"
