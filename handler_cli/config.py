@@ -57,7 +57,7 @@ class Settings(BaseModel):
     # The webhook's public base URL (https://intake.example.com): what links we hand out
     # (status URLs, file links) are built on it, never on a request's Host header.
     handler_public_url: str | None = None
-    handler_queue_url: str | None = None  # redis://... for the scaled-out mode; else SQLite
+    handler_queue_url: str | None = None  # no longer used (Redis): refused, see storage
     handler_workers: int = 2  # worker threads run by `serve`; 0 = intake only
     # "process": one low-priority child process runs them (the webhook keeps its CPU and GIL);
     # "thread": inside the webhook's own process.
@@ -67,6 +67,11 @@ class Settings(BaseModel):
     handler_queue_retry_max_seconds: float = 3600.0
     handler_queue_max_attempts: int = 12  # then the request is marked failed (~6 h)
     handler_queue_poll_seconds: float = 1.0  # longest idle wait of a worker polling the queue
+
+    # Storage (handler_cli.storage): SQLite in the data dir, or one PostgreSQL shared by the
+    # machines of a scaled-out installation (state and queue); how long finished requests stay.
+    handler_database_url: str | None = None  # postgresql://user:pass@host:5432/db
+    handler_retention_days: float = 365.0
 
     hubspot_access_token: str | None = None
     hubspot_base_url: str = "https://api.hubapi.com"
@@ -140,7 +145,7 @@ class Settings(BaseModel):
 SECRET_FIELDS = frozenset(
     {"hubspot_access_token", "r2_secret_access_key", "clickup_api_token", "smtp_password",
      "anthropic_api_key", "r2_access_key_id", "webhook_secret", "webhook_token",
-     "imap_password", "handler_file_key_secret"}
+     "imap_password", "handler_file_key_secret", "handler_database_url"}
 )
 
 

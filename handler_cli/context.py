@@ -18,8 +18,9 @@ from handler_cli.config import ConfigError, Settings
 if TYPE_CHECKING:
     from handler_cli.ledger import Ledger
     from handler_cli.mailing import Renderer
+    from handler_cli.poll.journal import PollJournal
     from handler_cli.services import CRM, LLM, FileStore, Mailer, TaskBoard
-    from handler_cli.store import DocumentStore
+    from handler_cli.storage import DocumentStore, Storage
 
 log = logging.getLogger("handler_cli")
 
@@ -129,16 +130,29 @@ class Context:
         return llm
 
     @cached_property
+    def storage(self) -> Storage:
+        """Every durable state of the installation: SQLite in the data dir, or the shared
+        PostgreSQL of `HANDLER_DATABASE_URL` (each store opened on first use)."""
+        from handler_cli.storage import open_storage
+
+        storage = open_storage(self.settings)
+        if storage.shared:
+            log.info("storage: %s", storage.describe())
+        return storage
+
+    @cached_property
     def ledger(self) -> Ledger:
         from handler_cli.ledger import Ledger
 
-        return Ledger(self.settings.data_dir / "ledger.sqlite3")
+        return Ledger(self.storage.effects)
 
     @cached_property
     def documents(self) -> DocumentStore:
-        from handler_cli.store import DocumentStore
+        return self.storage.documents
 
-        return DocumentStore(self.settings.data_dir / "documents.sqlite3")
+    @cached_property
+    def journal(self) -> PollJournal:
+        return self.storage.journal
 
     @cached_property
     def renderer(self) -> Renderer:

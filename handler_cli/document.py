@@ -15,7 +15,15 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 RequestType = Literal["SUPPORT", "MODELISATION"]
 Source = Literal["contact", "modelisation"]
@@ -301,6 +309,9 @@ class Document(Payload):
 
     notes: list[str] = Field(default_factory=empty_list)
     errors: list[StepError] = Field(default_factory=empty_list)
+    # The revision of the stored copy this document was read from (the storage layer's
+    # compare-and-set, handler_cli.storage); None when it did not come from the store.
+    _revision: int | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _stable_id(self) -> Document:

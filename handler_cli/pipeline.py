@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from handler_cli.document import Document
 
 Checkpoint = Callable[["Step", "Document", bool], None]
+STALE_RETRIES = 3  # the stored copy moved on this many times in a row: report it
 
 
 def run_chain(
@@ -27,15 +28,28 @@ def run_chain(
     the chain: later steps that do not depend on it still run (a failed upload still gets
     its ticket), and those that do record a MissingInput error.
 
-    A document that has a ticket is kept in the local document store, where the poll finds
-    the request behind a waiting ticket.
+    A document that has a ticket is kept in the document store, where the poll finds the
+    request behind a waiting ticket. That save never goes back in time: a document given
+    with a ticket starts from the stored copy, and when the stored copy moved on meanwhile
+    (the poll validated it, another `run`), the chain starts again from it: every step finds
+    its output there, or its effect in the ledger, so nothing is done twice.
     """
-    all_ok = True
-    for step in steps:
-        ok = apply(step, doc, ctx)
-        all_ok = all_ok and ok
-        if checkpoint is not None:
-            checkpoint(step, doc, ok)
+    from handler_cli.storage import StaleDocument
+
     if doc.ticket_id:
-        ctx.documents.save(doc)
-    return all_ok
+        ctx.documents.refresh(doc)
+    for _ in range(STALE_RETRIES):
+        all_ok = True
+        for step in steps:
+            ok = apply(step, doc, ctx)
+            all_ok = all_ok and ok
+            if checkpoint is not None:
+                checkpoint(step, doc, ok)
+        if not doc.ticket_id:
+            return all_ok
+        try:
+            ctx.documents.save(doc)
+            return all_ok
+        except StaleDocument:
+            ctx.documents.refresh(doc)
+    raise StaleDocument(doc.request_id)

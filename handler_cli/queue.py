@@ -24,7 +24,7 @@ from handler_cli.intake.leases import LEASE_SECONDS, owner_id, owner_is_dead
 from handler_cli.intake.records import RequestStatus
 from handler_cli.intake.runner import RequestRunner
 from handler_cli.steps import PIPELINE, Step
-from handler_cli.storage import DataDir, RequestStore, open_store
+from handler_cli.storage import DataDir, RequestStore, check_urls, open_store
 
 if TYPE_CHECKING:
     from huey import Huey
@@ -263,14 +263,10 @@ class RequestQueue:
 
 
 def make_huey(settings: Settings) -> Huey:
-    """RedisHuey with `HANDLER_QUEUE_URL`, else SqliteHuey in the data dir."""
+    """huey's own PostgresStorage in the shared database with `HANDLER_DATABASE_URL` (rows
+    taken with SKIP LOCKED, workers woken by LISTEN/NOTIFY), else SqliteHuey in the data dir."""
     from huey import Huey
-    from huey.storage import RedisStorage, SqliteStorage
-
-    class _Redis(RedisStorage):  # type: ignore[misc]
-        def enqueue_many(self, datas: list[bytes]) -> None:
-            # LPUSH of several values keeps their order for huey's BRPOP: still FIFO.
-            self.conn.lpush(self.queue_key, *datas)
+    from huey.storage import SqliteStorage
 
     class _Sqlite(SqliteStorage):  # type: ignore[misc]
         def _create_connection(self) -> sqlite3.Connection:
@@ -288,9 +284,20 @@ def make_huey(settings: Settings) -> Huey:
             with self.db(commit=True) as curs:
                 curs.executemany(query, rows)
 
-    if settings.handler_queue_url:
-        return Huey(QUEUE_NAME, results=False, utc=True, storage_class=_Redis,
-                    url=settings.handler_queue_url)
+    url = check_urls(settings)
+    if url:
+        from huey.storage import PostgresStorage
+
+        class _Postgres(PostgresStorage):  # type: ignore[misc]
+            def enqueue_many(self, datas: list[bytes]) -> None:
+                # huey's enqueue() row for each, one transaction, one wake-up.
+                with self.db(commit=True) as curs:
+                    curs.executemany(
+                        f"insert into {self.table_task} (queue, data, priority)"
+                        " values (%s, %s, %s)", [(self.name, d, 0) for d in datas])
+                    curs.execute("select pg_notify(%s, %s)", (self.channel, ""))
+
+        return Huey(QUEUE_NAME, results=False, utc=True, storage_class=_Postgres, dsn=url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return Huey(QUEUE_NAME, results=False, utc=True, storage_class=_Sqlite,
                 filename=str(DataDir(settings.data_dir).queue))

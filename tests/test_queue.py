@@ -10,9 +10,9 @@ from pathlib import Path
 
 from handler_cli.intake.leases import owner_id
 from handler_cli.queue import RequestQueue
-from handler_cli.storage.redis import RedisRequestStore
+from handler_cli.storage.postgres import PostgresRequestStore
 from tests.intake_helpers import Recorder, accept, queue_settings, status, wait_status
-from tests.redis_peer import redis_session, redis_url  # noqa: F401 - fixtures
+from tests.postgres import pg_session, pg_url  # noqa: F401 - fixtures
 
 
 def test_sweep_requeues_open_requests_no_message_stands_for(tmp_path: Path) -> None:
@@ -88,11 +88,12 @@ def test_shutdown_finishes_the_step_in_flight_and_hands_the_rest_back(tmp_path: 
     assert rec.runs == {"a": 1, "b": 1, "c": 1}
 
 
-def test_redis_queue_carries_requests_between_two_processes_worth_of_queues(
-    tmp_path: Path, redis_url: str  # noqa: F811 - fixture
+def test_shared_queue_carries_requests_between_two_machines_worth_of_queues(
+    tmp_path: Path, pg_url: str  # noqa: F811 - fixture
 ) -> None:
-    """Two RequestQueues on one Redis (as two machines would be): one accepts, one works."""
-    settings = queue_settings(tmp_path, HANDLER_QUEUE_URL=redis_url)
+    """Two RequestQueues on one PostgreSQL (as two machines would be): one accepts, one
+    works; huey's messages travel in the same database."""
+    settings = queue_settings(tmp_path, HANDLER_DATABASE_URL=pg_url)
     rec = Recorder()
     web = RequestQueue(settings, rec.chain("a"))
     worker = RequestQueue(settings, rec.chain("a"))
@@ -102,6 +103,6 @@ def test_redis_queue_carries_requests_between_two_processes_worth_of_queues(
     wait_status(web, rid, "done")
     worker.stop_workers()
     assert rec.runs == {"a": 1}
-    assert isinstance(web.store, RedisRequestStore)
+    assert isinstance(web.store, PostgresRequestStore)
     web.close()
     worker.close()

@@ -1,7 +1,7 @@
 """The request store's contract, on every backend.
 
-SQLite, and Redis through a real `redis-server` started on a loopback port (skipped, saying
-so, when it is not installed).
+SQLite, and PostgreSQL through a real server started by the tests (tests/postgres.py;
+skipped, saying so, when its binaries are not installed).
 """
 
 from __future__ import annotations
@@ -17,19 +17,19 @@ import pytest
 from handler_cli.document import Document
 from handler_cli.intake.records import PAYLOAD_WINDOW
 from handler_cli.storage import RequestStore, StoreBusy
-from handler_cli.storage.redis import RedisRequestStore
+from handler_cli.storage.postgres import Connections, PostgresRequestStore
 from handler_cli.storage.sqlite import SqliteRequestStore
 from tests.intake_helpers import NOW, new
-from tests.redis_peer import redis_session, redis_url  # noqa: F401 - fixtures
+from tests.postgres import pg_session, pg_url  # noqa: F401 - fixtures
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RequestStore]:
     made: RequestStore
     if request.param == "sqlite":
         made = SqliteRequestStore(tmp_path / "requests.sqlite3")
     else:
-        made = RedisRequestStore(request.getfixturevalue("redis_url"))
+        made = PostgresRequestStore(Connections(request.getfixturevalue("pg_url")))
     yield made
     made.close()
 
@@ -152,3 +152,22 @@ def test_sqlite_accept_without_waiting_refuses_while_another_holds_the_lock(
     assert store.accept_now([new(1)], time.time())[0].created
     assert store.get("req_1") is not None
     store.close()
+
+
+def test_retry_keeps_the_history_of_earlier_attempts(store: RequestStore) -> None:
+    store.accept_many([new(1)], NOW)
+    store.claim("req_1", "a", NOW, NOW + 60)
+    store.update_owned("req_1", "a", "failed", {
+        "last_error": "crm: 503", "steps": {"classify": {"ok": True, "at": "x"}},
+        "updated_at": NOW + 10, "lease_owner": None})
+    assert store.requeue("req_1", NOW + 100, ("failed",)) == "failed"
+    store.claim("req_1", "b", NOW + 100, NOW + 160)
+    store.update_owned("req_1", "b", "failed", {"last_error": "mail: 550", "steps": {},
+                                                "updated_at": NOW + 110})
+    store.requeue("req_1", NOW + 200, ("failed",))
+    rec = store.get("req_1")
+    assert rec is not None and rec.status == "queued" and rec.attempts == 0
+    assert [(h["status"], h["attempts"], h["last_error"]) for h in rec.history] == [
+        ("failed", 1, "crm: 503"), ("failed", 1, "mail: 550")]
+    assert rec.history[0]["steps"] == {"classify": {"ok": True, "at": "x"}}
+    assert rec.to_dict()["history"] == rec.history

@@ -70,6 +70,9 @@ class RequestRecord:
     lease_until: float | None = None
     last_error: str | None = None
     idempotency_key: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """The earlier attempts, oldest first: what each ended as before `requests retry`
+    (see `past_attempt`)."""
 
     def data(self) -> dict[str, Any]:
         loaded: dict[str, Any] = json.loads(self.document or "{}")
@@ -100,6 +103,7 @@ class RequestRecord:
             **self.summary(),
             "idempotency_key": self.idempotency_key,
             "steps": self.steps,
+            "history": self.history,
             "document": self.data(),
         }
 
@@ -128,3 +132,12 @@ class RequestRecord:
         if self.last_error:
             view["last_error"] = self.last_error
         return view
+
+
+def past_attempt(status: str, attempts: int, last_error: str | None,
+                 steps: dict[str, dict[str, Any]], ended_at: float, retried_at: float
+                 ) -> dict[str, Any]:
+    """One entry of a record's `history`, written when an operator replays the request: how
+    the earlier run ended, so `requests show` still tells it after the retry."""
+    return {"status": status, "attempts": attempts, "last_error": last_error,
+            "steps": steps, "ended_at": iso(ended_at), "retried_at": iso(retried_at)}

@@ -100,6 +100,12 @@ class RequestRunner:
         if self.stopping.is_set():
             self.hand_back(rec, doc, steps)
             return
+        ctx = self.context()
+        # The stored document is the newest copy when there is one (the poll may have moved
+        # the request on since our last attempt): start from it, never write back an older one.
+        ctx.documents.refresh(doc)
+        if not steps and self._forgotten(rec, doc, ctx):
+            return
         def checkpoint(step: Step, current: Document, ok: bool) -> None:
             steps[step.name] = {"ok": ok, "at": iso(time.time())}
             if not self._save(rec, RequestStatus.RUNNING, current, steps,
@@ -109,7 +115,7 @@ class RequestRunner:
                 raise HandBack()
 
         try:
-            ok = run_chain(doc, self.context(), self.steps, checkpoint=checkpoint)
+            ok = run_chain(doc, ctx, self.steps, checkpoint=checkpoint)
         except HandBack:
             self.hand_back(rec, doc, steps)
             return
@@ -132,6 +138,20 @@ class RequestRunner:
         else:
             self._save(rec, RequestStatus.FAILED, doc, steps, due_at=None, last_error=error)
             log.error("%s: failed (not transient): %s", rec.request_id, error)
+
+    def _forgotten(self, rec: RequestRecord, doc: Document, ctx: Context) -> bool:
+        """A new request from an address whose data was erased (`handler-cli forget`) is held
+        in the dead letter, untouched, for a person to decide: it may be a replayed webhook,
+        or the client coming back (then `forget --lift` and `requests retry`)."""
+        when = ctx.storage.is_forgotten(doc.user_email)
+        if when is None:
+            return False
+        self._save(rec, RequestStatus.FAILED, None, {}, due_at=None, last_error=(
+            f"held: this client's data was erased on {iso(when)} at their request "
+            "(handler-cli forget); nothing was done. If they came back, lift it with "
+            "`handler-cli forget --lift EMAIL`, then `handler-cli requests retry`"))
+        log.warning("%s: held, from an address erased on %s", rec.request_id, iso(when))
+        return True
 
     def _retry_or_fail(self, rec: RequestRecord, doc: Document,
                        steps: dict[str, dict[str, Any]], error: str) -> None:

@@ -97,7 +97,7 @@ def poll(ctx: Context, *, dry_run: bool = False, retry_failed: bool = False,
     """
     if dry_run:
         return Poller(ctx, dry_run=True, sources=sources).run()
-    with poll_lock(ctx.settings.data_dir) as holder:
+    with ctx.storage.poll_lock() as holder:  # a file lock, or one across machines
         if holder is not None:
             return PollReport(locked_by=holder)
         poller = Poller(ctx, sources=sources)

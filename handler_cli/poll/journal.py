@@ -76,6 +76,10 @@ class PollJournal(Protocol):
         """(reply_key, intent, action, state) of a ticket, oldest first."""
         ...
 
+    def remove(self, request_ids: Sequence[str]) -> int:
+        """Delete these requests' entries; how many."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -172,6 +176,17 @@ class Journal:
                 "SELECT reply_key, intent, action, state FROM replies WHERE ticket_id = ?"
                 " ORDER BY started_at", (ticket_id,),
             ).fetchall()
+
+    def remove(self, request_ids: Sequence[str]) -> int:
+        """Forget these requests' entries (retention, `forget`: handler_cli.retention)."""
+        removed = 0
+        with self._lock:
+            for start in range(0, len(request_ids), 500):
+                chunk = list(request_ids[start:start + 500])
+                removed += self._db.execute(
+                    f"DELETE FROM replies WHERE request_id IN ({','.join('?' * len(chunk))})",
+                    chunk).rowcount
+        return removed
 
     def close(self) -> None:
         with self._lock:

@@ -16,7 +16,7 @@ from handler_cli.config import ConfigError
 from handler_cli.poll.actions import act, alert_admin, keep_files
 from handler_cli.poll.decide import WAITING_STATUSES, Plan, Reading, assess_with, decide, simulate
 from handler_cli.poll.follow_up import follow_up, retry_subtasks
-from handler_cli.poll.journal import UNREAD, Begun, HandledIndex, Journal
+from handler_cli.poll.journal import UNREAD, Begun, HandledIndex
 from handler_cli.poll.report import PollReport, TicketOutcome
 from handler_cli.services import ServiceError
 
@@ -49,7 +49,7 @@ class Poller:
         self.ctx = ctx
         self.dry_run = dry_run
         self._sources = sources
-        self.journal: PollJournal = journal or Journal(ctx.settings.data_dir / "poll.sqlite3")
+        self.journal: PollJournal = journal or ctx.journal
         self.report = PollReport(dry_run=dry_run)
 
     def run(self) -> PollReport:

@@ -1,29 +1,67 @@
 """Where an installation keeps its durable state: the ports, the data dir's map, the chooser.
 
-The request store (what the webhook accepted, with leases and retries) is described here
-as a Protocol; each backend lives in a module of its own (`sqlite.py`, the embedded
-default in the data dir). `open_store(settings)` is the one place that picks one, and it
-imports the backend inside its branch so a network client is only loaded where used.
+Four stores make the state of an installation: the **request store** (what the webhook
+accepted, with leases, retries and attempt history), the **documents** (the latest copy of
+every request, saved by compare-and-set so a save never goes back in time), the **effects**
+of the ledger (claimed before they are done, `handler_cli.ledger`) and the poll's
+**journal**. A backend provides all four: `sqlite.py`, the embedded default (files in the
+data dir), or `postgres.py`, one PostgreSQL shared by every machine of a scaled-out
+installation (`HANDLER_DATABASE_URL`), which also carries huey's queue. `open_storage`
+is the one place that picks one, importing the backend inside its branch so psycopg is
+loaded only where used. Operators: docs/production.md, "Durability" and "Scaled-out mode".
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from handler_cli.config import ConfigError
+from handler_cli.services import ServiceError
 
 if TYPE_CHECKING:
     from handler_cli.config import Settings
+    from handler_cli.document import Document
     from handler_cli.intake.records import Accepted, NewRequest, RequestRecord
+    from handler_cli.ledger import EffectStore
+    from handler_cli.poll.journal import PollJournal
 
 BUSY_TIMEOUT_MS = 30_000  # how long an SQLite writer waits for another's lock
 
 
 class StoreBusy(Exception):
     """Another process holds the store's write lock (`accept_now` never waits for it)."""
+
+
+class StaleDocument(ServiceError):
+    """The stored copy of a document moved on since this one was read (another worker, the
+    poll): saving it would go back in time. Start again from the stored copy."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__("documents", f"{request_id}: the stored document changed since it was "
+                         "read; start again from the stored copy", transient=True)
+        self.request_id = request_id
+
+
+def email_hash(email: str, salt: str) -> str:
+    """How a forgotten address is remembered: salted (per installation), never in clear."""
+    return hashlib.sha256(f"{salt}:{email.strip().lower()}".encode()).hexdigest()
+
+
+@dataclass
+class Removed:
+    """What prune or forget removed, store by store (request ids for the file stores)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    request_ids: list[str] = field(default_factory=list)
+
+    def add(self, store: str, count: int) -> None:
+        if count:
+            self.counts[store] = self.counts.get(store, 0) + count
 
 
 @dataclass(frozen=True)
@@ -105,20 +143,100 @@ class RequestStore(Protocol):
     def requeue(self, request_id: str, now: float, allowed: Sequence[str]) -> str | None:
         """Put a request back to `queued` if its status is in `allowed`; the previous status."""
         ...
-    def prune(self, now: float) -> None: ...
+    def prune(self, now: float) -> None:
+        """Drop expired idempotency keys."""
+        ...
     def ping(self, now: float) -> None: ...
     def close(self) -> None: ...
 
 
-def open_store(settings: Settings) -> RequestStore:
-    """Redis when `HANDLER_QUEUE_URL` is set, else SQLite in the data dir."""
-    url = settings.handler_queue_url
-    if url:
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("HANDLER_QUEUE_URL: expected a redis://, rediss:// or unix:// URL")
-        from handler_cli.storage.redis import RedisRequestStore
+class DocumentStore(Protocol):
+    """The latest copy of each request's document, where the poll finds it hours later.
 
-        return RedisRequestStore(url)
+    `save` is a compare-and-set on the revision the document was read at (`get`,
+    `by_ticket`, `refresh` set it): a copy read before another writer's save raises
+    StaleDocument instead of overwriting it. A document that was never read from the store
+    is inserted, or refused when the store already has one."""
+
+    def get(self, request_id: str) -> Document | None: ...
+    def by_ticket(self, ticket_id: str) -> Document | None: ...
+    def save(self, doc: Document) -> None: ...
+    def refresh(self, doc: Document) -> bool:
+        """Make `doc` (in place) the stored copy, when there is one; True if there was."""
+        ...
+    def validated_without_subtask(self) -> list[Document]: ...
+    def close(self) -> None: ...
+
+
+class Storage(Protocol):
+    """All the durable state of an installation, on one backend."""
+
+    backend: str  # "sqlite" or "postgresql", for logs and doctor
+    shared: bool  # several machines see the same state
+
+    @property
+    def requests(self) -> RequestStore: ...
+    @property
+    def documents(self) -> DocumentStore: ...
+    @property
+    def effects(self) -> EffectStore: ...
+    @property
+    def journal(self) -> PollJournal: ...
+
+    def describe(self) -> str: ...
+    def finished_before(self, cutoff: float) -> list[str]:
+        """Ids of requests finished (nothing waits on them) and untouched since `cutoff`."""
+        ...
+    def requests_of(self, email: str) -> list[str]:
+        """Ids of every request this address sent (request store and documents)."""
+        ...
+    def remove(self, request_ids: Sequence[str]) -> Removed:
+        """Delete these requests from every store: records and their keys, documents,
+        effects, journal entries."""
+        ...
+    def remember_forgotten(self, email: str, at: float) -> None: ...
+    def is_forgotten(self, email: str) -> float | None:
+        """When this address was forgotten, or None."""
+        ...
+    def lift_forgotten(self, email: str) -> bool: ...
+    def poll_lock(self) -> AbstractContextManager[str | None]:
+        """Held while a poll runs: None when we hold it, else who does."""
+        ...
+    def close(self) -> None: ...
+
+
+def check_urls(settings: Settings) -> str | None:
+    """The shared database URL, validated; None for the embedded default."""
+    if settings.handler_queue_url:
+        raise ConfigError(
+            "HANDLER_QUEUE_URL: Redis is no longer used; the scaled-out mode keeps requests, "
+            "documents, the ledger, the poll journal and the queue in one PostgreSQL: set "
+            "HANDLER_DATABASE_URL=postgresql://... (docs/production.md, 'Scaled-out mode')")
+    url = settings.handler_database_url
+    if url and not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("HANDLER_DATABASE_URL: expected a postgresql:// URL")
+    return url or None
+
+
+def open_storage(settings: Settings) -> Storage:
+    """PostgreSQL when `HANDLER_DATABASE_URL` is set, else SQLite files in the data dir."""
+    url = check_urls(settings)
+    if url:
+        from handler_cli.storage.postgres import PostgresStorage
+
+        return PostgresStorage(url)
+    from handler_cli.storage.sqlite import SqliteStorage
+
+    return SqliteStorage(DataDir(settings.data_dir))
+
+
+def open_store(settings: Settings) -> RequestStore:
+    """The request store alone (the webhook, `requests list`), on the chosen backend."""
+    url = check_urls(settings)
+    if url:
+        from handler_cli.storage.postgres import PostgresRequestStore, connect_pool
+
+        return PostgresRequestStore(connect_pool(url))
     from handler_cli.storage.sqlite import SqliteRequestStore
 
     return SqliteRequestStore(DataDir(settings.data_dir).requests)

@@ -1,14 +1,14 @@
-"""The scaled-out mode: the store and the queue in a real Redis, shared by several nodes.
+"""The scaled-out mode: state and queue in a real PostgreSQL, shared by several nodes.
 
 Two webhook nodes (each with its workers) and separate `huey_consumer` worker processes,
-as the production guide describes, against a `redis-server` started on a loopback port.
+as the production guide describes, against a PostgreSQL cluster the tests start
+(tests/postgres.py).
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,15 +18,12 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
-import pytest
-import redis
 from typer.testing import CliRunner
 
 from handler_cli.commands.requests import app as requests_app
-from handler_cli.storage.redis import RedisRequestStore
+from handler_cli.storage.postgres import Connections, PostgresRequestStore
 from tests.conftest import clean_environ
-from tests.peers import free_port
-from tests.redis_peer import redis_session, redis_url  # noqa: F401 - fixtures
+from tests.postgres import pg_session, pg_url  # noqa: F401 - fixtures
 from tests.test_server import (
     AUTH,
     TOKEN,
@@ -40,9 +37,9 @@ from tests.test_server import (
 
 
 @contextmanager
-def consumer(data_dir: Path, redis: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def consumer(data_dir: Path, database: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """`huey_consumer handler_cli.queue.huey -w 2`: a worker-only process."""
-    env = clean_environ(data_dir, HANDLER_QUEUE_URL=redis, WEBHOOK_TOKEN=TOKEN,
+    env = clean_environ(data_dir, HANDLER_DATABASE_URL=database, WEBHOOK_TOKEN=TOKEN,
                         HANDLER_QUEUE_RETRY_SECONDS="0.2")
     with log.open("ab") as sink:
         proc = subprocess.Popen(
@@ -71,10 +68,10 @@ def modelling(i: int) -> dict[str, object]:
 
 
 def test_two_nodes_share_the_store_the_queue_and_the_idempotency_keys(
-    tmp_path: Path, redis_url: str  # noqa: F811 - fixture
+    tmp_path: Path, pg_url: str  # noqa: F811 - fixture
 ) -> None:
     data_dir = tmp_path / "data"  # one machine's disk: the local CRM both nodes write to
-    settings = webhook_settings(data_dir, HANDLER_QUEUE_URL=redis_url)
+    settings = webhook_settings(data_dir, HANDLER_DATABASE_URL=pg_url)
     with running(settings) as url_a, running(settings) as url_b, \
             httpx.Client(timeout=30) as http:
         firsts, repeats = [], []
@@ -97,17 +94,17 @@ def test_two_nodes_share_the_store_the_queue_and_the_idempotency_keys(
     assert len(outbox(data_dir)) == 40
 
     result = CliRunner().invoke(requests_app, ["list", "--status", "done", "--limit", "100"],
-                                env=clean_environ(data_dir, HANDLER_QUEUE_URL=redis_url))
+                                env=clean_environ(data_dir, HANDLER_DATABASE_URL=pg_url))
     assert result.exit_code == 0
     assert sorted(json.loads(line)["request_id"] for line in result.stdout.splitlines()) == (
         sorted(ids))
 
 
 def test_intake_node_with_separate_consumers_survives_a_consumer_killed_mid_chain(
-    tmp_path: Path, redis_url: str  # noqa: F811 - fixture
+    tmp_path: Path, pg_url: str  # noqa: F811 - fixture
 ) -> None:
     data_dir = tmp_path / "data"
-    settings = webhook_settings(data_dir, HANDLER_QUEUE_URL=redis_url, HANDLER_WORKERS="0")
+    settings = webhook_settings(data_dir, HANDLER_DATABASE_URL=pg_url, HANDLER_WORKERS="0")
     log = tmp_path / "consumer.log"
     with running(settings) as url, httpx.Client(base_url=url, timeout=30) as http:
         ids = [http.post("/webhook/request", json=modelling(i), headers=AUTH).json()["request_id"]
@@ -116,8 +113,8 @@ def test_intake_node_with_separate_consumers_survives_a_consumer_killed_mid_chai
         statuses = {http.get(f"/requests/{rid}", headers=AUTH).json()["status"] for rid in ids}
         assert statuses == {"queued"}  # intake only: nobody works on this node
 
-        store = RedisRequestStore(redis_url)
-        with consumer(data_dir, redis_url, log) as worker:
+        store = PostgresRequestStore(Connections(pg_url))
+        with consumer(data_dir, pg_url, log) as worker:
             deadline = time.monotonic() + 30
             while not any(r.status == "running" and 0 < len(r.steps) < 7
                           for r in store.open_requests()):  # kill it while a chain is half done
@@ -130,52 +127,9 @@ def test_intake_node_with_separate_consumers_survives_a_consumer_killed_mid_chai
         store.close()
 
         with ExitStack() as stack:  # two fresh consumers pick everything up
-            stack.enter_context(consumer(data_dir, redis_url, log))
-            stack.enter_context(consumer(data_dir, redis_url, tmp_path / "consumer2.log"))
+            stack.enter_context(consumer(data_dir, pg_url, log))
+            stack.enter_context(consumer(data_dir, pg_url, tmp_path / "consumer2.log"))
             views = [wait_for(http, f"{url}/requests/{rid}", timeout=60) for rid in ids]
     assert {v["status"] for v in views} == {"done"}, log.read_text()[-3000:]
     assert ticket_count(data_dir) == 60
     assert len(outbox(data_dir)) == 120
-
-
-def test_store_down_means_503_with_retry_after_and_nothing_half_accepted(
-    tmp_path: Path,
-) -> None:
-    """The sender is told to come back later; once Redis is back the same post goes in."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not on PATH (Debian/Ubuntu: apt-get install redis-server)")
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-
-    def start() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                 "--appendonly", "no"], stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                redis.Redis.from_url(url).ping()
-                return proc
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
-
-    server = start()
-    settings = webhook_settings(tmp_path / "data", HANDLER_QUEUE_URL=url, HANDLER_WORKERS="0")
-    try:
-        with running(settings) as base, httpx.Client(base_url=base, timeout=30) as http:
-            body = payload()
-            server.terminate()
-            server.wait(10)
-            down = http.post("/webhook/request", json=body, headers=AUTH)
-            assert down.status_code == 503 and down.headers["retry-after"] == "5"
-            assert http.get("/readyz").status_code == 503
-            server = start()
-            up = http.post("/webhook/request", json=body, headers=AUTH)
-            assert up.status_code == 202
-            assert http.get("/readyz").status_code == 200
-            again = http.post("/webhook/request", json=body, headers=AUTH)
-            assert again.json()["request_id"] == up.json()["request_id"]
-    finally:
-        server.terminate()
-        server.wait(10)
