@@ -18,11 +18,11 @@ import pytest
 from handler_cli.document import Document, submission_id
 from handler_cli.intake.records import PAYLOAD_WINDOW
 from handler_cli.storage import RequestStore
-from handler_cli.storage.redis import RedisRequestStore
+from handler_cli.storage.postgres import Connections, PostgresRequestStore
 from handler_cli.storage.sqlite import SqliteRequestStore
 from tests.conftest import ROOT, clean_environ, sample
 from tests.intake_helpers import NOW, new
-from tests.redis_peer import redis_session, redis_url  # noqa: F401 - fixtures
+from tests.postgres import pg_session, pg_url  # noqa: F401 - fixtures
 from tests.test_server import (
     AUTH,
     TOKEN,
@@ -93,13 +93,13 @@ def test_an_idempotency_key_reused_for_another_payload_is_refused_with_422(
     assert [rid for rid, _ in stored_rows(data_dir)] == [first.json()["request_id"]]
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_submission_stored_long_ago_is_still_the_same_request(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """Past the payload window the key is forgotten, but the id is the identity."""
     store: RequestStore = (SqliteRequestStore(tmp_path / "requests.sqlite3") if backend == "sqlite"
-                           else RedisRequestStore(request.getfixturevalue("redis_url")))
+                           else PostgresRequestStore(Connections(request.getfixturevalue("pg_url"))))
     try:
         assert store.accept_many([new(1)], NOW)[0].created
         store.accept_many([new(2)], NOW)
