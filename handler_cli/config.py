@@ -69,9 +69,8 @@ class Settings(BaseModel):
     handler_queue_poll_seconds: float = 1.0  # longest idle wait of a worker polling the queue
 
     # Storage (handler_cli.storage): SQLite in the data dir, or one PostgreSQL shared by the
-    # machines of a scaled-out installation (state and queue); how long finished requests stay.
+    # machines of a scaled-out installation (state and queue).
     handler_database_url: str | None = None  # postgresql://user:pass@host:5432/db
-    handler_retention_days: float = 365.0
 
     hubspot_access_token: str | None = None
     hubspot_base_url: str = "https://api.hubapi.com"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,7 +30,8 @@ class LocalFileStore:
         if not target.is_relative_to(self.root.resolve()):
             raise ValueError(f"unsafe storage key {key!r}")
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".part")
+        # A name of its own per writer: two processes storing at once never share a .part.
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
         tmp.write_bytes(data)
         tmp.replace(target)
         return target.as_uri()

@@ -6,7 +6,9 @@ and a message is never there twice.
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
@@ -40,6 +42,7 @@ class OutboxMailer:
     def send(self, message: EmailMessage) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self.path_for(str(message["Message-ID"]))
-        tmp = target.with_suffix(".part")
+        # A name of its own per writer: two processes sending at once never share a .part.
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
         tmp.write_bytes(message.as_bytes(policy=SMTP.clone(linesep="\n")))
         tmp.replace(target)
