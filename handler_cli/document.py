@@ -12,7 +12,7 @@ import json
 import re
 import unicodedata
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -190,6 +190,14 @@ class SentEmail(BaseModel):
     sent_at: datetime
 
 
+class RefusedFile(BaseModel):
+    """A file the client sent that we could not receive: no quote is made while one is
+    missing, and the client is told which one and asked for it again."""
+
+    name: str
+    reason: str  # French, for the client ("fichier trop volumineux (plus de 25 Mo)")
+
+
 class StepError(BaseModel):
     """A failure recorded on the document; the step can be run again to retry it.
 
@@ -211,7 +219,7 @@ class Payload(BaseModel):
 
     source: Source
     objet: str = Field(min_length=1, max_length=300)
-    description: str = Field(min_length=1, max_length=20_000)
+    description: str = Field(default="", max_length=20_000)
     user_email: str = Field(max_length=254)
     user_name: str = Field(min_length=1, max_length=200)
     fichiers: list[FileItem] = Field(default_factory=empty_list, max_length=MAX_FILES)
@@ -234,7 +242,23 @@ class Payload(BaseModel):
     @field_validator("description")
     @classmethod
     def _free_text(cls, value: str) -> str:
-        return _not_blank(multi_line(value))
+        return multi_line(value)  # may be empty: see _description_or_files
+
+    @model_validator(mode="after")
+    def _description_or_files(self) -> Self:
+        """A request needs words or files. Files with an empty description are a modelling
+        request with missing information (the client is asked for the description), never a
+        rejection: a client who uploads a `.stl` under a one-word title is served."""
+        if not self.description and not self.fichiers:
+            from pydantic_core import PydanticCustomError, ValidationError
+
+            raise ValidationError.from_exception_data(type(self).__name__, [{
+                "type": PydanticCustomError(
+                    "description_or_files",
+                    "must contain visible text, unless files are attached"),
+                "loc": ("description",), "input": self.description,
+            }])
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -290,8 +314,9 @@ class Document(Payload):
     confiance: float | None = Field(default=None, ge=0, le=1)
     reclassifie: bool | None = None
     classification: Classification | None = None
-    # step 2: upload
+    # step 2: upload (and the poll, for the files a reply brings)
     fichiers_urls: list[str] | None = None
+    fichiers_refuses: list[RefusedFile] = Field(default_factory=empty_list)
     # step 3 and 4: contact and ticket
     contact_id: str | None = None
     ticket_id: str | None = None

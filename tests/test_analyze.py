@@ -179,7 +179,9 @@ def test_the_clients_reply_completes_the_request() -> None:
 
 def test_our_own_missing_info_texts_never_satisfy_the_grid() -> None:
     """A reply quoting our e-mail must not complete the request by itself."""
-    quoted = "\n".join(f"> - {text}" for text in MISSING.model_dump().values())
+    texts = {**MISSING.model_dump(),
+             "lost_file": MISSING.lost_file.format(name="photo", reason="fichier")}
+    quoted = "\n".join(f"> - {text}" for text in texts.values())
     a = assess("Demande", quoted, ["x.jpg"])
     assert a.missing_info == [MISSING.object, MISSING.size, MISSING.appearance]
     assert a.rule == "incomplete"
@@ -329,6 +331,7 @@ def _doc(ctx: Context | None, description: str, files: list[str],
         fichiers=[f"https://files.example.fr/uploads/{name}" for name in files],
         type_final="MODELISATION", ticket_id=ticket_id,
     )
+    doc.fichiers_urls = [f"file:///store/{doc.request_id}/{name}" for name in files]  # uploaded
     if ctx is not None and ticket_id is None:
         doc.ticket_id = ctx.crm.create_ticket(TicketDraft(
             request_id=doc.request_id, subject=doc.objet, content=doc.description,

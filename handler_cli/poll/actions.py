@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from handler_cli.mailing import send_once
-from handler_cli.poll.decide import DECIDED_STATUSES, complemented, question_kind
+from handler_cli.poll.decide import DECIDED_STATUSES, complemented, question_kind, still_refused
 from handler_cli.poll.journal import HANDLED_PROPERTY, HandledIndex, parse_tokens
 
 if TYPE_CHECKING:
@@ -100,6 +100,7 @@ def _complete(ctx: Context, doc: Document, reply: Reply, plan: Plan) -> dict[str
     assessment = plan.assessment
     assert assessment is not None
     doc.description = complemented(doc.description, plan.text, reply.at)
+    doc.fichiers_refuses = still_refused(doc, reply)
     doc.credits_estimes = assessment.credits
     doc.completeness = assessment.completeness
     doc.missing_info = list(assessment.missing_info)
@@ -147,6 +148,7 @@ def keep_files(ctx: Context, doc: Document, reply: Reply) -> Reply:
         except FileRejected as exc:
             note(doc, ctx, f"Pièce jointe « {item.name} » de la réponse du client "
                            f"écartée : {exc}.")
+            kept.append(ReplyFile(name=item.name, refused=str(exc)))
             continue
         content_type = EXTRA_TYPES.get(extension(name)) or item.content_type
         key = storage_key(ctx, doc, f"reponse-{reply.key}-{name}")  # unguessable, as uploads
@@ -161,7 +163,9 @@ def _file_lines(doc: Document, reply: Reply) -> tuple[list[str], bool]:
     lines: list[str] = []
     new: list[str] = []
     for item in reply.files:
-        if item.url:
+        if item.refused:
+            lines.append(f"{item.name} (non reçu : {item.refused})")
+        elif item.url:
             lines.append(item.url)
             if item.url not in (doc.fichiers_urls or []) and item.url not in new:
                 new.append(item.url)

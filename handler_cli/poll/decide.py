@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from handler_cli.text import fold
 
 if TYPE_CHECKING:
-    from handler_cli.document import Document
+    from handler_cli.document import Document, RefusedFile
     from handler_cli.replies import Reply
     from handler_cli.steps.analyze import Assessment
 
@@ -91,38 +91,44 @@ def decide(doc: Document, reply: Reply, text: str, reading: Reading) -> Plan:
     return Plan("ignored", reading, text)
 
 
-def assess_with(doc: Document, text: str, reply: Reply) -> Assessment:
-    """The credit grid on the request with this reply's words and files added."""
-    from handler_cli.steps.analyze import assess
+def still_refused(doc: Document, reply: Reply) -> list[RefusedFile]:
+    """The files we still wait for once this reply is read: a reply that brings a file we
+    could keep is the client's answer to our "please send it again"; the reply's own files
+    we could not keep are asked for in turn."""
+    from handler_cli.document import RefusedFile
 
-    names = request_file_names(doc) + [f.name for f in reply.files]
-    return assess(doc.objet, complemented(doc.description, text, reply.at), names)
+    waiting = [] if any(f.received for f in reply.files) else list(doc.fichiers_refuses)
+    return waiting + [RefusedFile(name=f.name, reason=f.refused)
+                      for f in reply.files if f.refused]
+
+
+def assess_with(doc: Document, text: str, reply: Reply) -> Assessment:
+    """The credit grid on the request with this reply's words and received files added."""
+    from handler_cli.steps.analyze import assess, stored_file_names
+
+    names = stored_file_names(doc) + [f.name for f in reply.files if f.received]
+    return assess(doc.objet, complemented(doc.description, text, reply.at), names,
+                  refused=still_refused(doc, reply))
 
 
 def reassess(doc: Document, text: str, reply: Reply) -> Assessment | None:
     """The grid again on the request plus this reply; None when the reply adds nothing."""
-    from handler_cli.steps.analyze import load_grid
+    from handler_cli.steps.analyze import assess, stored_file_names
 
     result = assess_with(doc, text, reply)
-    if reply.files or result.validation_status != "pending_info":
+    # Files we kept count; files we could not keep are answered too (asked for again).
+    if any(f.received or f.refused for f in reply.files) or \
+            result.validation_status != "pending_info":
         return result
+    before = assess(doc.objet, doc.description, stored_file_names(doc),
+                    refused=doc.fichiers_refuses).lacking
+    after = result.lacking
     # Any reply has words, so "the object is named" alone proves little ("je regarde ça
-    # demain"): it counts only when the object's name was all that was missing.
-    name_item = load_grid().completeness.missing_info.object
-    before, after = set(doc.missing_info or []), set(result.missing_info)
-    if before == {name_item}:
+    # demain"): it counts only when the object's name was all that was missing. Words that
+    # fill an empty description count when they give a size, a material or a colour.
+    if before == {"object"}:
         return result if not after else None
-    return result if after - {name_item} < before - {name_item} else None
-
-
-def request_file_names(doc: Document) -> list[str]:
-    """The names of the request's files: those the client sent, and those stored since."""
-    names = doc.file_names()
-    for url in doc.fichiers_urls or []:
-        name = url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
-        if name and name not in names:
-            names.append(name)
-    return names
+    return result if after - {"object"} < before - {"object", "description"} else None
 
 
 def simulate(doc: Document, plan: Plan) -> None:
@@ -143,5 +149,5 @@ def complemented(description: str, text: str, at: datetime) -> str:
     text = text.strip()
     if not text or text in description:
         return description
-    added = f"{description}\n\n{COMPLEMENT_HEADER} ({at:%d/%m/%Y}) ---\n{text}"
-    return added[:20_000]
+    added = f"{COMPLEMENT_HEADER} ({at:%d/%m/%Y}) ---\n{text}"
+    return (f"{description}\n\n{added}" if description else added)[:20_000]

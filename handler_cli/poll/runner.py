@@ -170,12 +170,14 @@ class Poller:
         for reply in replies:
             entry = Begun(reply, doc.request_id, UNREAD, Reading("", 0.0, ""), "", False)
             try:
-                plan = self._plan(doc, reply)
                 if self.dry_run:
+                    plan = self._plan(doc, reply)
                     simulate(doc, plan)
                     outcome.actions.append(plan.describe(reply))
                     continue
+                # The files first: what is decided depends on what we could keep.
                 kept = keep_files(self.ctx, doc, reply)
+                plan = self._plan(doc, kept)
                 entry = Begun(kept, doc.request_id, plan.action, plan.reading, plan.text,
                               plan.forward)
                 self.journal.begin(entry, self.ctx.now())

@@ -42,6 +42,12 @@ class ReplyFile:
     data: bytes | None = None
     url: str | None = None
     content_type: str = "application/octet-stream"
+    refused: str | None = None  # why we could not keep it (French, for the client)
+
+    @property
+    def received(self) -> bool:
+        """We hold it (stored, or its bytes in hand): it counts for the request's files."""
+        return self.refused is None and (self.url is not None or self.data is not None)
 
 
 @dataclass(frozen=True)
@@ -70,14 +76,15 @@ class Reply:
         """The reply without its file bytes (they are stored before anything else is done)."""
         data = {k: v for k, v in vars(self).items() if k != "files"}
         data["at"] = self.at.isoformat()
-        data["files"] = [{"name": f.name, "url": f.url} for f in self.files]
+        data["files"] = [{"name": f.name, "url": f.url, "refused": f.refused} for f in self.files]
         return json.dumps(data, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, raw: str) -> Reply:
         data = json.loads(raw)
         data["at"] = datetime.fromisoformat(data["at"])
-        data["files"] = tuple(ReplyFile(name=f["name"], url=f["url"]) for f in data["files"])
+        data["files"] = tuple(ReplyFile(name=f["name"], url=f["url"], refused=f.get("refused"))
+                              for f in data["files"])
         return cls(**data)
 
 

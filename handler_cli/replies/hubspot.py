@@ -85,11 +85,16 @@ class LocalCRMReplies(CRMReplies):
     def files(self, record: EmailRecord) -> tuple[ReplyFile, ...]:
         s = self.ctx.settings
         found = []
+        cap = s.handler_max_file_bytes
         for item in record.attachments:
             path = Path(item)
-            if ("://" not in item and s.handler_allow_local_files and path.is_file()
-                    and path.stat().st_size <= s.handler_max_file_bytes):
-                found.append(ReplyFile(name=path.name, data=path.read_bytes()))
-            else:
+            if "://" in item or not s.handler_allow_local_files:
                 found.append(ReplyFile(name=path.name, url=item if "://" in item else None))
+            elif not path.is_file():
+                found.append(ReplyFile(name=path.name, refused="fichier introuvable"))
+            elif path.stat().st_size > cap:
+                found.append(ReplyFile(name=path.name, refused="fichier trop volumineux "
+                                                              f"(plus de {cap // 1_048_576} Mo)"))
+            else:
+                found.append(ReplyFile(name=path.name, data=path.read_bytes()))
         return tuple(found)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from handler_cli.data import DATA_DIR
-from handler_cli.document import Analysis, empty_list
+from handler_cli.document import Analysis, RefusedFile, empty_list
 from handler_cli.steps import MissingInput
 from handler_cli.text import fold
 
@@ -51,12 +52,25 @@ class Matching(BaseModel):
 
 
 class MissingTexts(BaseModel):
+    """What the client is asked for, one line each (French)."""
+
     model_config = ConfigDict(extra="forbid")
 
     visual: str
     object: str
     size: str
     appearance: str
+    description: str  # the description was left empty (files only)
+    lost_file: str  # a file sent that we could not receive; {name} and {reason} filled in
+
+    @model_validator(mode="after")
+    def _lost_file_placeholders(self) -> MissingTexts:
+        try:
+            self.lost_file.format(name="x", reason="y")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"lost_file: only {{name}} and {{reason}} may be used ({exc})") \
+                from None
+        return self
 
 
 class Completeness(BaseModel):
@@ -225,6 +239,9 @@ class Assessment:
     validation_status: AnalysisStatus
     rule: str  # id of the grid rule that decided
     reasons: list[str]  # French, for the studio: rule ids and the words that triggered them
+    # What lacks, by key (visual, object, size, appearance, description, lost:<name>): what
+    # the poll compares to tell whether a reply brought anything.
+    lacking: frozenset[str] = frozenset()
 
     def ticket_properties(self) -> dict[str, str]:
         """The CRM ticket properties (HubSpot values are strings; no credits is "")."""
@@ -277,13 +294,17 @@ def visual_files(file_names: list[str], grid: CreditGrid | None = None) -> list[
 
 
 def assess(
-    objet: str, description: str, file_names: list[str], *, grid: CreditGrid | None = None
+    objet: str, description: str, file_names: list[str], *,
+    refused: Sequence[RefusedFile] = (), grid: CreditGrid | None = None,
 ) -> Assessment:
-    """Apply the credit grid to a request (title, free text and attached file names).
+    """Apply the credit grid to a request (title, free text and the names of the files we
+    *stored*; `refused`: the files the client sent that we could not receive).
 
     Admin rules win over everything, even an incomplete request (`missing_info` is still
-    filled so the admin sees it); then an incomplete request waits for information; then the
-    first complexity rule that matches prices it at 2 credits, else 1.
+    filled so the admin sees it); then an incomplete request waits for information (a file
+    we did not receive, or an empty description, always makes it incomplete: we never quote
+    on something we do not have); then the first complexity rule that matches prices it at
+    2 credits, else 1.
     """
     grid = grid or load_grid()
     compiled = _compiled(grid)
@@ -299,18 +320,34 @@ def assess(
     missing_texts = grid.completeness.missing_info
     missing: list[str] = []
     gaps: list[str] = []
+    lacking: set[str] = set()
+    for lost in refused:
+        missing.append(missing_texts.lost_file.format(name=lost.name, reason=lost.reason))
+        gaps.append(f"fichier « {lost.name} » non reçu ({lost.reason})")
+        lacking.add(f"lost:{lost.name}")
     if not visual_files(file_names, grid):
-        missing.append(missing_texts.visual)
-        gaps.append("aucune photo, aucun plan ni fichier 3D joint"
+        if not visual_files([lost.name for lost in refused], grid):  # else: asked for above
+            missing.append(missing_texts.visual)
+        gaps.append("aucune photo, aucun plan ni fichier 3D reçu"
                     + (f" (fichiers : {', '.join(file_names)})" if file_names else ""))
+        lacking.add("visual")
+    if not description.strip():
+        missing.append(missing_texts.description)
+        gaps.append("description vide")
+        lacking.add("description")
+    worded: list[str] = []  # asked only when the client wrote a description
     if not {w for w in text.words if len(w) >= 3} - compiled.not_object:
-        missing.append(missing_texts.object)
+        worded.append(missing_texts.object)
         gaps.append("l'objet n'est pas nommé")
+        lacking.add("object")
     has_size = any(text.find(p, negatable=False) for p in compiled.size)
     has_look = any(text.find(p) for p in compiled.appearance)
     if not (has_size or has_look):
-        missing += [missing_texts.size, missing_texts.appearance]
+        worded += [missing_texts.size, missing_texts.appearance]
         gaps.append("ni dimensions, ni matériaux, ni couleurs")
+        lacking.update(("size", "appearance"))
+    if "description" not in lacking:
+        missing += worded
 
     def explain(rule: GridRule, hits: list[str]) -> str:
         outcome = {None: "admin", 1: "1 crédit", 2: "2 crédits"}[rule.credits]
@@ -323,7 +360,8 @@ def assess(
         if missing:
             reasons.append(f"{grid.completeness.rule} : " + " ; ".join(gaps))
         return Assessment(credits=None, completeness=completeness, missing_info=missing,
-                          validation_status="pending_admin", rule=winner.id, reasons=reasons)
+                          validation_status="pending_admin", rule=winner.id, reasons=reasons,
+                          lacking=frozenset(lacking))
     if missing:
         reasons.insert(0, f"{grid.completeness.rule} : " + " ; ".join(gaps))
         if winner.is_default:
@@ -331,11 +369,22 @@ def assess(
         reasons[1:] = [f"une fois complète : {r}" for r in reasons[1:]]
         return Assessment(credits=None, completeness=completeness, missing_info=missing,
                           validation_status="pending_info", rule=grid.completeness.rule,
-                          reasons=reasons)
+                          reasons=reasons, lacking=frozenset(lacking))
     if winner.is_default:
         reasons.append(explain(winner, []) + " : aucun critère de complexité trouvé")
     return Assessment(credits=winner.credits, completeness=completeness, missing_info=[],
                       validation_status="pending_credits", rule=winner.id, reasons=reasons)
+
+
+def stored_file_names(doc: Document) -> list[str]:
+    """The names of the request's files we hold (their links' last part): completeness
+    counts these, never what the client merely listed."""
+    names: list[str] = []
+    for url in doc.fichiers_urls or []:
+        name = url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+        if name and name not in names:
+            names.append(name)
+    return names
 
 
 # --- the step --------------------------------------------------------------------------------
@@ -350,7 +399,13 @@ def run(doc: Document, ctx: Context) -> Document:
     if not doc.ticket_id:
         raise MissingInput("ticket_id", "ticket")
 
-    result = assess(doc.objet, doc.description, doc.file_names())
+    if doc.fichiers and doc.fichiers_urls is None:
+        # The files are not stored yet (the store failed, or upload did not run): judging
+        # the request now would ask the client for files they did send, or quote without them.
+        raise MissingInput("fichiers_urls", "upload")
+
+    result = assess(doc.objet, doc.description, stored_file_names(doc),
+                    refused=doc.fichiers_refuses)
     # The ticket first: if the CRM refuses, the document stays unassessed and a re-run retries.
     ctx.crm.update_ticket(doc.ticket_id, result.ticket_properties())
     result.record(doc)

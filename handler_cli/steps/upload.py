@@ -25,6 +25,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from handler_cli.document import RefusedFile
 from handler_cli.services import ServiceError
 from handler_cli.steps import MissingInput, note
 
@@ -94,12 +95,14 @@ def run(doc: Document, ctx: Context) -> Document:
     failed: list[str] = []
     labels = _labels(doc.file_names())
     names: list[str | None] = []
+    refused: list[RefusedFile] = []  # the client is asked for these again (no quote without)
     for position, item in enumerate(doc.fichiers):
         try:
             names.append(file_name(item))
         except FileRejected as exc:
             names.append(None)
             note(doc, ctx, f"Fichier « {labels[position]} » écarté : {exc}.")
+            refused.append(RefusedFile(name=labels[position], reason=str(exc)))
     # Distinct names decided before any download, by position: stable across runs.
     distinct = iter(unique_names([n for n in names if n is not None]))
     stored_as = [None if n is None else next(distinct) for n in names]
@@ -114,6 +117,7 @@ def run(doc: Document, ctx: Context) -> Document:
             attachment = fetch(item, ctx.settings, budget, guard, name=name)
         except FileRejected as exc:
             note(doc, ctx, f"Fichier « {label} » écarté : {exc}.")
+            refused.append(RefusedFile(name=label, reason=str(exc)))
             continue
         try:
             urls.append(ctx.files.put(
@@ -123,6 +127,7 @@ def run(doc: Document, ctx: Context) -> Document:
             failed.append(label)
             note(doc, ctx, f"Fichier « {label} » non stocké ({exc}) ; le ticket est créé sans "
                            "ce fichier, un nouvel essai l'ajoutera.")
+    doc.fichiers_refuses = refused
     if failed:
         raise ServiceError(ctx.files.name, f"{len(failed)} file(s) not stored: {', '.join(failed)}")
     if doc.ticket_id:
