@@ -8,12 +8,15 @@ step would pay, and we also want to know where each value came from (`handler-cl
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 DEFAULT_ADMIN_EMAIL = "yvanol.fotso@valione-services.com"
+SENDER_NAME = "Valione Services"
+FALLBACK_MAIL_FROM = f"{SENDER_NAME} <no-reply@valione-services.com>"  # nothing better known
 
 
 class ConfigError(Exception):
@@ -96,7 +99,7 @@ class Settings(BaseModel):
     smtp_password: str | None = None
     smtp_security: Literal["starttls", "ssl", "none"] = "starttls"
     smtp_timeout: float = 20.0
-    mail_from: str = "Valione Services <no-reply@valione-services.com>"
+    mail_from: str = FALLBACK_MAIL_FROM
     mail_reply_to: str | None = None
     admin_email: str = DEFAULT_ADMIN_EMAIL
 
@@ -114,6 +117,19 @@ class Settings(BaseModel):
     imap_folder: str = "INBOX"
     imap_security: Literal["ssl", "starttls", "none"] = "ssl"
     imap_timeout: float = 20.0
+
+    # Mail authentication (services/mail/, replies/imap.py). "password" logs in with
+    # SMTP_PASSWORD / IMAP_PASSWORD; "xoauth2" uses an OAuth2 access token from the
+    # MAIL_OAUTH2_* client (Google, Microsoft 365).
+    smtp_auth: Literal["password", "xoauth2"] = "password"
+    imap_auth: Literal["password", "xoauth2"] = "password"
+    mail_oauth2_provider: Literal["google", "microsoft"] | None = None
+    mail_oauth2_tenant: str | None = None  # Microsoft: directory (tenant) id or domain
+    mail_oauth2_token_url: str | None = None  # else the provider's
+    mail_oauth2_client_id: str | None = None
+    mail_oauth2_client_secret: str | None = None
+    mail_oauth2_refresh_token: str | None = None  # unset: client-credentials grant (Microsoft)
+    mail_oauth2_scope: str | None = None  # else the provider's for the grant and protocol
 
     # Where each set value came from: "env", ".env (path)" or absent (default). A plain `{}`
     # default (pydantic copies it) rather than a factory: see document.empty_list.
@@ -141,10 +157,27 @@ class Settings(BaseModel):
         return Path(user_data_dir("handler-cli", appauthor=False))
 
 
+# -- mail addresses ------------------------------------------------------------------------------
+
+_ADDRESS = re.compile(r"^[^<>\s@]+@[^<>\s@]+\.[^<>\s@]+$")
+_ANGLE = re.compile(r"<([^<>]*)>\s*$")
+
+
+def mail_address(value: str | None) -> str | None:
+    """The bare address of `Name <addr>` or `addr`, lower-cased; None when there is none."""
+    if not value:
+        return None
+    found = _ANGLE.search(value)
+    address = (found.group(1) if found else value).strip()
+    return address.lower() if _ADDRESS.match(address) else None
+
+
 SECRET_FIELDS = frozenset(
     {"hubspot_access_token", "r2_secret_access_key", "clickup_api_token", "smtp_password",
      "anthropic_api_key", "r2_access_key_id", "webhook_secret", "webhook_token",
-     "imap_password", "handler_file_key_secret", "handler_database_url"}
+     "imap_password", "handler_file_key_secret", "handler_database_url",
+     # mail OAuth2 (services/mail/oauth2.py)
+     "mail_oauth2_client_secret", "mail_oauth2_refresh_token"}
 )
 
 

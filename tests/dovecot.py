@@ -44,7 +44,7 @@ ssl = yes
 ssl_cert = <{base}/cert.pem
 ssl_key = <{base}/key.pem
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{oauth2_mechanisms}
 auth_failure_delay = 0
 first_valid_uid = 1
 default_internal_user = {user}
@@ -52,9 +52,10 @@ default_internal_group = {group}
 default_login_user = {user}
 passdb {{
   driver = passwd-file
+  mechanisms = plain login
   args = scheme=PLAIN username_format=%u {base}/users
 }}
-userdb {{
+{oauth2_passdb}userdb {{
   driver = static
   args = uid={uid} gid={gid} home={base}/mail/%u
 }}
@@ -73,6 +74,26 @@ service imap-login {{
 service anvil {{
   chroot =
 }}
+"""
+
+
+# Dovecot 2.3's oauth2 passdb (doc.dovecot.org/2.3, "Open Authentication v2.0 database", read
+# 2026-11-27): the bearer token of an XOAUTH2/OAUTHBEARER login is POSTed as `token=...` to the
+# introspection URL, whose JSON answer must be active and name the user logging in.
+OAUTH2_PASSDB = """\
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {base}/dovecot-oauth2.conf.ext
+}}
+"""
+OAUTH2_CONFIG = """\
+introspection_mode = post
+introspection_url = {url}
+force_introspection = yes
+username_attribute = username
+active_attribute = active
+active_value = true
 """
 
 
@@ -145,7 +166,10 @@ def _wait_ready(host: str, port: int, proc: subprocess.Popen[bytes], base: Path)
 
 
 @contextmanager
-def dovecot_server(tmp_path: Path, password: str = "s3cret-pass") -> Iterator[Dovecot]:
+def dovecot_server(tmp_path: Path, password: str = "s3cret-pass",
+                   introspection_url: str | None = None) -> Iterator[Dovecot]:
+    """Dovecot on loopback; with `introspection_url`, XOAUTH2 logins too, their bearer token
+    checked by dovecot's oauth2 passdb against that URL (see `tests/oauth2_server.py`)."""
     binary = dovecot_binary()
     if binary is None:
         pytest.skip("dovecot is not installed (apt-get install -y dovecot-imapd): "
@@ -169,9 +193,13 @@ def dovecot_server(tmp_path: Path, password: str = "s3cret-pass") -> Iterator[Do
     (base / "users").write_text(f"{user}:{{PLAIN}}{password}\n")
     port, ssl_port = free_port(), free_port()
     group = account.pw_name
+    if introspection_url:
+        (base / "dovecot-oauth2.conf.ext").write_text(OAUTH2_CONFIG.format(url=introspection_url))
     (base / "dovecot.conf").write_text(CONFIG.format(
         host=LOOPBACK, base=base, user=account.pw_name, group=group, uid=account.pw_uid,
         gid=account.pw_gid, port=port, ssl_port=ssl_port,
+        oauth2_mechanisms=" xoauth2 oauthbearer" if introspection_url else "",
+        oauth2_passdb=OAUTH2_PASSDB.format(base=base) if introspection_url else "",
     ))
     if as_root:
         for path in [base, *base.rglob("*")]:

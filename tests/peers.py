@@ -8,24 +8,29 @@ needs its session-wide server too: `from tests.peers import s3_peer, s3_server_s
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import functools
 import ipaddress
+import json
 import socket
 import ssl
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
 from handler_cli.checks import Finding
+
+if TYPE_CHECKING:
+    from tests.oauth2_server import OAuth2Server
 
 LOOPBACK = "127.0.0.1"
 
@@ -113,6 +118,7 @@ class ReceivedMail:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    mail_options: tuple[str, ...] = ()  # e.g. SMTPUTF8, BODY=8BITMIME
 
     @property
     def message(self) -> EmailMessage:
@@ -122,15 +128,20 @@ class ReceivedMail:
 @dataclass
 class SMTPPeer:
     """A running aiosmtpd server. Set `rcpt_reply` / `data_reply` (e.g. "550 5.1.1 unknown")
-    to make it refuse recipients or the message, like a real relay would."""
+    to make it refuse recipients or the message, `mail_reply` to refuse the sender, like a
+    real relay would; `deliver` to hand each accepted message on (to a mailbox)."""
 
     host: str
     port: int
     security: Literal["none", "starttls", "ssl"]
     received: list[ReceivedMail] = field(default_factory=list)
     logins: list[str] = field(default_factory=list)
+    mechanisms: list[str] = field(default_factory=list)  # AUTH mechanism of each login
+    commands: list[str] = field(default_factory=list)  # MAIL/RCPT/RSET/DATA, in order
     rcpt_reply: str | None = None
     data_reply: str | None = None
+    mail_reply: str | None = None
+    deliver: Callable[[ReceivedMail], None] | None = None
 
     def client_context(self) -> ssl.SSLContext:
         """The verifying SSL context a client needs to trust this server's certificate."""
@@ -141,6 +152,11 @@ class SMTPPeer:
         return {"smtp_host": self.host, "smtp_port": self.port,
                 "smtp_security": self.security, "smtp_timeout": 5.0, **extra}
 
+    def environ(self, **extra: str) -> dict[str, str]:
+        """The SMTP_* variables pointing at this server."""
+        return {"SMTP_HOST": self.host, "SMTP_PORT": str(self.port),
+                "SMTP_SECURITY": self.security, "SMTP_TIMEOUT": "5", **extra}
+
 
 class _Handler:
     """aiosmtpd hooks: record what arrives, or answer with the reply the test chose."""
@@ -148,23 +164,79 @@ class _Handler:
     def __init__(self, peer: SMTPPeer) -> None:
         self.peer = peer
 
+    async def handle_MAIL(  # noqa: N802 - aiosmtpd's hook name
+        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
+    ) -> str:
+        self.peer.commands.append(f"MAIL {address}")
+        if self.peer.mail_reply:
+            return self.peer.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
+        self.peer.commands.append(f"RCPT {address}")
         if self.peer.rcpt_reply:
             return self.peer.rcpt_reply
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
+    async def handle_RSET(  # noqa: N802 - aiosmtpd's hook name
+        self, server: Any, session: Any, envelope: Any
+    ) -> str:
+        self.peer.commands.append("RSET")
+        return "250 OK"
+
     async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
         self, server: Any, session: Any, envelope: Any
     ) -> str:
+        self.peer.commands.append("DATA")
         if self.peer.data_reply:
             return self.peer.data_reply
-        self.peer.received.append(
-            ReceivedMail(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.content))
-        )
+        mail = ReceivedMail(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.content),
+                            tuple(envelope.mail_options))
+        self.peer.received.append(mail)
+        if self.peer.deliver is not None:
+            self.peer.deliver(mail)
         return "250 Message accepted for delivery"
+
+
+class _OAuth2Handler(_Handler):
+    """Adds SASL XOAUTH2 as Google and Microsoft speak it: the initial response
+    `user=...^Aauth=Bearer ...^A^A`, checked against the loopback authorization server; on
+    failure a 334 challenge carrying a JSON status, an empty answer, then 535."""
+
+    def __init__(self, peer: SMTPPeer, oauth2: OAuth2Server, scope: str | None) -> None:
+        super().__init__(peer)
+        self.oauth2 = oauth2
+        self.scope = scope
+
+    async def auth_XOAUTH2(self, server: Any, args: list[str]) -> Any:  # noqa: N802
+        from aiosmtpd.smtp import MISSING, AuthResult
+
+        if len(args) == 1:
+            blob = await server.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                blob = base64.b64decode(args[1], validate=True)
+            except ValueError:
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        fields = dict(part.split("=", 1) for part in blob.decode().split("\x01") if "=" in part)
+        user, auth = fields.get("user", ""), fields.get("auth", "")
+        token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else ""
+        if token and self.oauth2.valid(token, user, self.scope):
+            self.peer.logins.append(user)
+            self.peer.mechanisms.append("XOAUTH2")
+            return AuthResult(success=True, auth_data=user)
+        status = {"status": "401", "schemes": "Bearer", "scope": self.scope or ""}
+        await server.challenge_auth(json.dumps(status))
+        return AuthResult(success=False, handled=False,
+                          message="535 5.7.8 Username and Password not accepted")
 
 
 @contextmanager
@@ -173,11 +245,16 @@ def smtp_server(
     users: dict[str, str] | None = None,
     security: Literal["none", "starttls", "ssl"] = "none",
     auth_require_tls: bool = False,
+    oauth2: OAuth2Server | None = None,
+    oauth2_scope: str | None = None,
+    smtputf8: bool = False,
 ) -> Iterator[SMTPPeer]:
-    """An aiosmtpd server on 127.0.0.1; `users` enables AUTH PLAIN/LOGIN with these logins.
+    """An aiosmtpd server on 127.0.0.1; `users` enables AUTH PLAIN/LOGIN with these logins,
+    `oauth2` AUTH XOAUTH2 with tokens of that server (carrying `oauth2_scope`, if given).
 
     `security="starttls"` offers (and requires) STARTTLS, `"ssl"` speaks TLS from the first
     byte; both use the self-signed `peer_cert()` that `SMTPPeer.client_context()` trusts.
+    `smtputf8` offers the SMTPUTF8 extension (RFC 6531); aiosmtpd's default is not to.
     """
     from aiosmtpd.controller import Controller
     from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -191,18 +268,20 @@ def smtp_server(
             login = auth_data.login.decode()
             if users.get(login) == auth_data.password.decode():
                 peer.logins.append(login)
+                peer.mechanisms.append(mechanism)
                 return AuthResult(success=True)
         return AuthResult(success=False, handled=False)
 
-    kwargs: dict[str, Any] = {}
-    if users is not None:
+    kwargs: dict[str, Any] = {"enable_SMTPUTF8": smtputf8}
+    if users is not None or oauth2 is not None:
         kwargs.update(authenticator=authenticator, auth_require_tls=auth_require_tls)
     if security == "starttls":
         kwargs.update(tls_context=peer_cert().server_context(), require_starttls=True)
     elif security == "ssl":
         kwargs.update(ssl_context=peer_cert().server_context())
+    handler = _Handler(peer) if oauth2 is None else _OAuth2Handler(peer, oauth2, oauth2_scope)
     controller = Controller(
-        _Handler(peer), hostname=LOOPBACK, port=peer.port, server_hostname="mx.test", **kwargs
+        handler, hostname=LOOPBACK, port=peer.port, server_hostname="mx.test", **kwargs
     )
     controller.start()
     try:

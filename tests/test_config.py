@@ -56,7 +56,8 @@ def test_doctor_check_proves_every_live_backend(cli: RunCli, live: dict[str, str
     assert result.returncode == 0, result.stdout
     for service in ("crm: HubSpot", "files: ", "tasks: ", "mailer: SMTP", "llm: Claude"):
         assert service in result.stdout
-    assert result.stdout.count("check: ok") == 5
+    # At least one proved fact per live backend (a backend may prove several), none failed.
+    assert result.stdout.count("check: ok") >= 5 and "check: FAILED" not in result.stdout
     assert live["R2_SECRET_ACCESS_KEY"] not in result.stdout
     assert live["HUBSPOT_ACCESS_TOKEN"] not in result.stdout
 
@@ -64,4 +65,5 @@ def test_doctor_check_proves_every_live_backend(cli: RunCli, live: dict[str, str
 def test_doctor_check_fails_when_a_backend_does_not_work(cli: RunCli, live: dict) -> None:
     result = cli("doctor", "--check", env={**live, "SMTP_PORT": str(closed_port())})
     assert result.returncode == 1
-    assert "check: FAILED" in result.stdout and result.stdout.count("check: ok") == 4
+    (failed,) = [line for line in result.stdout.splitlines() if "check: FAILED" in line]
+    assert "smtp:" in failed and result.stdout.count("check: ok") >= 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import imaplib
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -20,6 +21,7 @@ from handler_cli.replies.imap import IMAPReplies, imap_date
 from handler_cli.services import ServiceError, WaitingTicket
 from tests.conftest import SAMPLES, clean_environ, sample
 from tests.dovecot import Dovecot, dovecot_server
+from tests.oauth2_server import OAuth2Server, oauth2_server
 from tests.peers import closed_port, peer_cert
 
 OUR_DOMAIN = "valione-services.com"
@@ -35,6 +37,7 @@ def imap(tmp_path: Path) -> Iterator[Dovecot]:
 
 def context(tmp_path: Path, server: Dovecot | None = None, **extra: str) -> Context:
     env = clean_environ(tmp_path / "data", HANDLER_REPLY_SOURCES="imap",
+                        MAIL_FROM=f"Valione Services <no-reply@{OUR_DOMAIN}>",
                         **(server.environ() if server else {}))
     env.update(extra)
     return Context(load_settings(environ=env))
@@ -227,3 +230,90 @@ def test_poll_acts_on_a_reply_read_over_imap_once(tmp_path: Path, imap: Dovecot)
     assert outcome.status == "validated" and outcome.clickup_subtask_id
     assert poll(context(tmp_path, imap)).outcomes == []
     assert all(b"\\Seen" not in f for f in imap.flags())
+
+
+def test_probe_finds_a_message_by_its_message_id(tmp_path: Path, imap: Dovecot) -> None:
+    imap.deliver(mail("test", message_id="<mailloop-1234.check@studio.example>"))
+    source = IMAPReplies(context(tmp_path, imap))
+    assert source.probe("<mailloop-1234.check@studio.example>") is True
+    assert source.probe("<mailloop-9999.check@studio.example>") is False
+
+
+# -- XOAUTH2 against dovecot's oauth2 passdb ---------------------------------------------------
+
+CLIENT_SECRET = "imap-app-secret-31f"
+
+
+@pytest.fixture
+def authz() -> Iterator[OAuth2Server]:
+    with oauth2_server() as server:
+        server.add_client("studio-app", CLIENT_SECRET)
+        yield server
+
+
+@pytest.fixture
+def oauth_imap(tmp_path: Path, authz: OAuth2Server) -> Iterator[Dovecot]:
+    with dovecot_server(tmp_path, introspection_url=authz.introspection_url) as server:
+        yield server
+
+
+def oauth_context(tmp_path: Path, server: Dovecot, authz: OAuth2Server, **extra: str) -> Context:
+    return context(tmp_path, server, IMAP_AUTH="xoauth2", IMAP_PASSWORD="",
+                   MAIL_OAUTH2_PROVIDER="microsoft", MAIL_OAUTH2_TENANT="studio.example",
+                   MAIL_OAUTH2_TOKEN_URL=authz.token_url, MAIL_OAUTH2_CLIENT_ID="studio-app",
+                   MAIL_OAUTH2_CLIENT_SECRET=CLIENT_SECRET, **extra)
+
+
+def test_xoauth2_with_a_refresh_token_reads_replies(
+    tmp_path: Path, oauth_imap: Dovecot, authz: OAuth2Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    refresh = authz.issue_refresh_token("studio-app", oauth_imap.user)
+    oauth_imap.deliver(mail("Je valide", in_reply_to=ours("req_aaa")))
+    ctx = oauth_context(tmp_path, oauth_imap, authz, MAIL_OAUTH2_REFRESH_TOKEN=refresh)
+
+    found = fetch(ctx, [waiting("1001", "req_aaa")])
+
+    assert list(found) == ["1001"]
+    assert authz.grants[0]["scope"] == (
+        "https://outlook.office.com/IMAP.AccessAsUser.All offline_access")
+    assert authz.introspections  # dovecot really asked about the token
+    assert f"Login: user=<{oauth_imap.user}>, method=XOAUTH2" in oauth_imap.log()
+    described = IMAPReplies(ctx).describe()
+    assert "XOAUTH2" in described
+    for secret in (CLIENT_SECRET, refresh, *authz.tokens):
+        assert secret not in caplog.text and secret not in described
+
+
+def test_xoauth2_with_client_credentials_and_a_token_refused_once(
+    tmp_path: Path, oauth_imap: Dovecot, authz: OAuth2Server
+) -> None:
+    authz.grant_mailbox("studio-app", oauth_imap.user)
+    oauth_imap.deliver(mail("Je valide", in_reply_to=ours("req_aaa")))
+    ctx = oauth_context(tmp_path, oauth_imap, authz)
+    source = IMAPReplies(ctx)
+    assert IMAPReplies(ctx).check()[0].ok
+    authz.expire_all()  # the cached token dies sooner than announced
+
+    assert source.probe("<reply-1@mail.example.fr>") is True
+
+    assert [g["grant_type"] for g in authz.grants] == ["client_credentials"] * 2
+    assert authz.grants[0]["scope"] == "https://outlook.office365.com/.default"
+
+
+def test_xoauth2_refused_for_good_is_permanent_and_names_the_user(
+    tmp_path: Path, oauth_imap: Dovecot, authz: OAuth2Server
+) -> None:
+    ctx = oauth_context(tmp_path, oauth_imap, authz)  # the app was given no mailbox
+    with pytest.raises(ServiceError) as caught:
+        fetch(ctx, [waiting("1001", "req_aaa")])
+    assert not caught.value.transient
+    assert f"XOAUTH2 login refused for {oauth_imap.user}" in str(caught.value)
+    assert '"status":"401"' in str(caught.value)
+    assert CLIENT_SECRET not in str(caught.value)
+
+
+def test_xoauth2_needs_no_imap_password_but_the_oauth2_client(tmp_path: Path) -> None:
+    ctx = context(tmp_path, IMAP_HOST="imap.example.fr", IMAP_USER="a@b.fr", IMAP_AUTH="xoauth2")
+    with pytest.raises(ConfigError, match="MAIL_OAUTH2_PROVIDER"):
+        build_sources(ctx)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterator
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
@@ -10,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from handler_cli.config import Settings
+from handler_cli.config import ConfigError, Settings
 from handler_cli.services import ServiceError
 from handler_cli.services.mail.smtp import SMTPMailer
+from tests.oauth2_server import OAuth2Server, oauth2_server
 from tests.peers import LOOPBACK, SMTPPeer, closed_port, lines, smtp_peer, smtp_server
 
 __all__ = ["smtp_peer"]  # the fixture is used by name below
@@ -191,16 +194,49 @@ def test_message_refused_with_5xx_is_permanent(tmp_path: Path, smtp_peer: SMTPPe
     assert "554" in str(caught.value)
 
 
-def test_check_logs_in_without_sending(tmp_path: Path) -> None:
+def test_check_logs_in_and_proves_the_sender_without_sending(tmp_path: Path) -> None:
     with smtp_server(users={"relay": "pw"}) as peer:
         mailer = SMTPMailer(make_settings(
-            tmp_path, **peer.settings(smtp_user="relay", smtp_password="pw")))
+            tmp_path, mail_from="Atelier <atelier@studio.example>",
+            admin_email="admin@studio.example",
+            **peer.settings(smtp_user="relay", smtp_password="pw")))
 
-        report = lines(mailer.check())
+        findings = mailer.check()
 
         assert peer.logins == ["relay"]
         assert peer.received == []
-        assert f"{LOOPBACK}:{peer.port}" in report and "relay" in report
+        assert peer.commands == ["MAIL atelier@studio.example", "RCPT admin@studio.example",
+                                 "RSET"]
+        assert all(f.ok for f in findings) and len(findings) == 2
+        report = lines(findings)
+        assert f"{LOOPBACK}:{peer.port}" in report and "logged in as relay" in report
+        assert "accepts mail from atelier@studio.example to admin@studio.example" in report
+        assert "no SMTPUTF8" in report
+
+
+def test_check_fails_in_one_line_when_the_relay_refuses_the_sender(tmp_path: Path,
+                                                                   smtp_peer: SMTPPeer) -> None:
+    smtp_peer.mail_reply = "550 5.7.60 SMTP; Client does not have permissions to send as this sender"
+    mailer = SMTPMailer(make_settings(tmp_path, mail_from="Atelier <atelier@studio.example>",
+                                      **smtp_peer.settings()))
+
+    _, sender = mailer.check()
+
+    assert not sender.ok
+    assert sender.text.startswith(f"{LOOPBACK} refuses to send as atelier@studio.example (MAIL "
+                                  "FROM: 550 5.7.60")
+    assert "set MAIL_FROM" in sender.text and "\n" not in sender.text
+    assert smtp_peer.commands[-1] == "RSET" and smtp_peer.received == []
+
+
+def test_check_fails_when_the_relay_refuses_the_recipient(tmp_path: Path,
+                                                          smtp_peer: SMTPPeer) -> None:
+    smtp_peer.rcpt_reply = "554 5.7.1 Relay access denied"
+    mailer = SMTPMailer(make_settings(tmp_path, **smtp_peer.settings()))
+
+    _, envelope = mailer.check()
+
+    assert not envelope.ok and "refuses the recipient" in envelope.text and "554" in envelope.text
 
 
 def test_check_reports_a_down_server(tmp_path: Path) -> None:
@@ -221,3 +257,130 @@ def test_default_port_follows_security(tmp_path: Path, security: str, port: int)
 
     assert mailer.port == port
     assert mailer.describe() == f"SMTP smtp.example.com:{port} ({security}, as relay)"
+
+
+# -- SMTPUTF8 ----------------------------------------------------------------------------------
+
+
+def test_non_ascii_address_without_smtputf8_fails_at_once_for_good(
+    tmp_path: Path, smtp_peer: SMTPPeer
+) -> None:
+    mailer = SMTPMailer(make_settings(tmp_path, **smtp_peer.settings()))
+
+    with pytest.raises(ServiceError) as caught:
+        mailer.send(french_message(to="hélène@example.fr"))
+
+    assert caught.value.transient is False
+    assert "SMTPUTF8" in str(caught.value) and "hélène@example.fr" in str(caught.value)
+    assert smtp_peer.received == []
+
+
+def test_non_ascii_address_goes_through_a_relay_that_offers_smtputf8(tmp_path: Path) -> None:
+    with smtp_server(smtputf8=True) as peer:
+        mailer = SMTPMailer(make_settings(tmp_path, **peer.settings()))
+
+        mailer.send(french_message(to="Hélène <hélène@example.fr>"))
+
+        [mail] = peer.received
+        assert mail.rcpt_tos == ["hélène@example.fr"] and "SMTPUTF8" in mail.mail_options
+        assert "To: Hélène <hélène@example.fr>".encode() in mail.data  # RFC 6532 UTF-8 header
+
+
+# -- XOAUTH2 -----------------------------------------------------------------------------------
+
+MAILBOX = "atelier@studio.example"
+CLIENT_SECRET = "app-secret-7c1d"
+SMTP_SCOPE = "https://outlook.office.com/SMTP.Send"
+
+
+@pytest.fixture
+def authz() -> Iterator[OAuth2Server]:
+    with oauth2_server() as server:
+        server.add_client("studio-app", CLIENT_SECRET)
+        yield server
+
+
+def oauth2_settings(tmp_path: Path, peer: SMTPPeer, authz: OAuth2Server, **extra: Any) -> Settings:
+    return make_settings(tmp_path, **peer.settings(**{
+        "smtp_user": MAILBOX, "smtp_auth": "xoauth2", "mail_from": f"Atelier <{MAILBOX}>",
+        "mail_oauth2_provider": "microsoft", "mail_oauth2_tenant": "studio.example",
+        "mail_oauth2_token_url": authz.token_url, "mail_oauth2_client_id": "studio-app",
+        "mail_oauth2_client_secret": CLIENT_SECRET, **extra}))
+
+
+def test_xoauth2_with_a_refresh_token_sends(tmp_path: Path, authz: OAuth2Server,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    refresh = authz.issue_refresh_token("studio-app", MAILBOX)
+    with smtp_server(oauth2=authz, oauth2_scope=SMTP_SCOPE) as peer:
+        mailer = SMTPMailer(oauth2_settings(tmp_path, peer, authz,
+                                            mail_oauth2_refresh_token=refresh))
+
+        mailer.send(french_message())
+        mailer.send(french_message())
+
+        assert peer.mechanisms == ["XOAUTH2", "XOAUTH2"] and peer.logins == [MAILBOX] * 2
+        assert len(peer.received) == 2
+        assert len(authz.grants) == 1  # the token is kept for the second message
+        described = mailer.describe()
+        assert "with XOAUTH2" in described and f"OAuth2 refresh token from {LOOPBACK}" in described
+        for secret in (CLIENT_SECRET, refresh, *authz.tokens):
+            assert secret not in caplog.text and secret not in described
+
+
+def test_xoauth2_with_client_credentials_sends_for_a_granted_mailbox(
+    tmp_path: Path, authz: OAuth2Server
+) -> None:
+    authz.grant_mailbox("studio-app", MAILBOX)
+    with smtp_server(oauth2=authz, oauth2_scope="https://outlook.office365.com/.default") as peer:
+        mailer = SMTPMailer(oauth2_settings(tmp_path, peer, authz))
+
+        mailer.send(french_message())
+
+        assert peer.logins == [MAILBOX] and len(peer.received) == 1
+        assert authz.grants[0]["grant_type"] == "client_credentials"
+
+
+def test_a_token_the_server_no_longer_takes_is_replaced_on_the_same_connection(
+    tmp_path: Path, authz: OAuth2Server
+) -> None:
+    authz.grant_mailbox("studio-app", MAILBOX)
+    with smtp_server(oauth2=authz) as peer:
+        mailer = SMTPMailer(oauth2_settings(tmp_path, peer, authz))
+        mailer.send(french_message())
+        authz.expire_all()  # sooner than the endpoint said
+
+        mailer.send(french_message())
+
+        assert len(peer.received) == 2 and len(authz.grants) == 2
+
+
+def test_xoauth2_refused_for_a_mailbox_the_app_may_not_use_is_permanent(
+    tmp_path: Path, authz: OAuth2Server
+) -> None:
+    with smtp_server(oauth2=authz) as peer:  # no grant_mailbox: Add-MailboxPermission forgotten
+        mailer = SMTPMailer(oauth2_settings(tmp_path, peer, authz))
+
+        with pytest.raises(ServiceError) as caught:
+            mailer.send(french_message())
+
+        assert caught.value.transient is False
+        message = str(caught.value)
+        assert f"XOAUTH2 login as {MAILBOX} refused: 535" in message and '"status": "401"' in message
+        assert CLIENT_SECRET not in message and not any(t in message for t in authz.tokens)
+        assert len(authz.grants) == 2 and peer.received == []
+
+
+def test_xoauth2_needs_a_relay_that_offers_it(tmp_path: Path, authz: OAuth2Server) -> None:
+    with smtp_server(users={"relay": "pw"}) as peer:
+        mailer = SMTPMailer(oauth2_settings(tmp_path, peer, authz))
+
+        with pytest.raises(ServiceError, match="does not offer AUTH XOAUTH2") as caught:
+            mailer.send(french_message())
+
+        assert caught.value.transient is False and authz.grants == []
+
+
+def test_xoauth2_needs_the_mailbox_as_smtp_user(tmp_path: Path, authz: OAuth2Server) -> None:
+    with smtp_server() as peer, pytest.raises(ConfigError, match="SMTP_USER"):
+        SMTPMailer(oauth2_settings(tmp_path, peer, authz, smtp_user=""))

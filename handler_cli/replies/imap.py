@@ -4,6 +4,9 @@ The folder is opened read-only and messages are fetched with BODY.PEEK, so the p
 marks anything as read or moves it: the mailbox stays the team's. Only the headers of recent
 messages are fetched first; the full message is downloaded only for those that answer a
 waiting ticket and were not handled yet.
+
+`IMAP_AUTH=xoauth2` logs in with SASL XOAUTH2 and an OAuth2 access token (Microsoft 365
+refuses password IMAP; see `services/mail/oauth2.py`) instead of LOGIN with IMAP_PASSWORD.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from handler_cli.services import ServiceError
 if TYPE_CHECKING:
     from handler_cli.context import Context
     from handler_cli.services import WaitingTicket
+    from handler_cli.services.mail.oauth2 import TokenSource
 
 log = logging.getLogger("handler_cli")
 
@@ -67,8 +71,10 @@ class IMAPReplies:
     def __init__(self, ctx: Context, ssl_context: ssl.SSLContext | None = None) -> None:
         """`ssl_context` exists for tests that trust their own CA; production uses the default."""
         s = ctx.settings
-        missing = [k for k, v in (("IMAP_HOST", s.imap_host), ("IMAP_USER", s.imap_user),
-                                  ("IMAP_PASSWORD", s.imap_password)) if not v]
+        needed = [("IMAP_HOST", s.imap_host), ("IMAP_USER", s.imap_user)]
+        if s.imap_auth == "password":
+            needed.append(("IMAP_PASSWORD", s.imap_password))
+        missing = [k for k, v in needed if not v]
         if missing:
             raise ConfigError(
                 f"HANDLER_REPLY_SOURCES: the imap reply source needs {', '.join(missing)}"
@@ -82,9 +88,15 @@ class IMAPReplies:
         self.folder = s.imap_folder
         self.timeout = s.imap_timeout
         self._ssl_context = ssl_context
+        self._tokens: TokenSource | None = None
+        if s.imap_auth == "xoauth2":
+            from handler_cli.services.mail.oauth2 import token_source
+
+            self._tokens = token_source(s, "imap")
 
     def describe(self) -> str:
-        return f"IMAP {self.user}@{self.host}:{self.port}/{self.folder} ({self.security})"
+        how = f", XOAUTH2, {self._tokens.describe()}" if self._tokens else ""
+        return f"IMAP {self.user}@{self.host}:{self.port}/{self.folder} ({self.security}{how})"
 
     def _error(self, what: str, exc: BaseException, *, transient: bool = True) -> ServiceError:
         detail = str(exc) or type(exc).__name__
@@ -108,10 +120,7 @@ class IMAPReplies:
         except (OSError, imaplib.IMAP4.error) as exc:
             raise self._error("cannot connect", exc) from None
         try:
-            try:
-                imap.login(self.user, self._password)
-            except imaplib.IMAP4.error as exc:
-                raise self._error(f"login refused for {self.user}", exc, transient=False) from None
+            self._login(imap)
             status, data = imap.select(_quoted(self.folder), readonly=True)
             if status != "OK":
                 raise ServiceError("imap", f"cannot open folder {self.folder!r}: "
@@ -124,6 +133,36 @@ class IMAPReplies:
         finally:
             with suppress(OSError, imaplib.IMAP4.error):
                 imap.logout()
+
+    def _login(self, imap: imaplib.IMAP4) -> None:
+        """LOGIN with the password, or AUTHENTICATE XOAUTH2 with a token fetched again once if
+        the server refuses the cached one (revoked, or expired sooner than it said)."""
+        if self._tokens is None:
+            try:
+                imap.login(self.user, self._password)
+            except imaplib.IMAP4.error as exc:
+                raise self._error(f"login refused for {self.user}", exc, transient=False) from None
+            return
+        for attempt in (1, 2):
+            token = self._tokens.token()
+            answer = _XOAuth2Answer(self.user, token)
+            try:
+                imap.authenticate("XOAUTH2", answer)
+                return
+            except imaplib.IMAP4.error as exc:
+                self._tokens.invalidate(token)
+                if attempt == 2:
+                    said = f" ({answer.server_said})" if answer.server_said else ""
+                    raise self._error(f"XOAUTH2 login refused for {self.user}{said}", exc,
+                                      transient=False) from None
+
+    def probe(self, message_id: str) -> bool:
+        """Whether a message with this Message-ID is in the folder (`doctor --mail-loop`)."""
+        with self._session() as imap:
+            status, data = imap.uid("SEARCH", "HEADER", "Message-ID", _quoted(message_id))
+            if status != "OK":
+                raise ServiceError("imap", f"SEARCH refused: {_text(data)}")
+            return bool(data and data[0] and data[0].split())
 
     def check(self) -> list[Finding]:
         """Log in and open the folder, as `doctor --check` wants; return what was found."""
@@ -184,6 +223,26 @@ class IMAPReplies:
 
     def acknowledge(self, reply: Reply) -> None:
         """The mailbox is left as it is: what was handled is recorded by the poll."""
+
+
+class _XOAuth2Answer:
+    """imaplib's SASL callback: the XOAUTH2 response to the first (empty) continuation, then
+    an empty line to the error a server sends as a second one (kept for the message)."""
+
+    def __init__(self, user: str, token: str) -> None:
+        self._user = user
+        self._token = token
+        self._sent = False
+        self.server_said = ""
+
+    def __call__(self, challenge: bytes) -> bytes:
+        from handler_cli.services.mail.oauth2 import xoauth2
+
+        if not self._sent:
+            self._sent = True
+            return xoauth2(self._user, self._token).encode()
+        self.server_said = _text(challenge)
+        return b""
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
