@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_ADMIN_EMAIL = "yvanol.fotso@valione-services.com"
 SENDER_NAME = "Valione Services"
@@ -99,7 +99,7 @@ class Settings(BaseModel):
     smtp_password: str | None = None
     smtp_security: Literal["starttls", "ssl", "none"] = "starttls"
     smtp_timeout: float = 20.0
-    mail_from: str = FALLBACK_MAIL_FROM
+    mail_from: str = FALLBACK_MAIL_FROM  # else derived: see mail_defaults()
     mail_reply_to: str | None = None
     admin_email: str = DEFAULT_ADMIN_EMAIL
 
@@ -118,11 +118,14 @@ class Settings(BaseModel):
     imap_security: Literal["ssl", "starttls", "none"] = "ssl"
     imap_timeout: float = 20.0
 
-    # Mail authentication (services/mail/, replies/imap.py). "password" logs in with
-    # SMTP_PASSWORD / IMAP_PASSWORD; "xoauth2" uses an OAuth2 access token from the
-    # MAIL_OAUTH2_* client (Google, Microsoft 365).
+    # Mail authentication and the reply address (services/mail/, replies/imap.py). "password"
+    # logs in with SMTP_PASSWORD / IMAP_PASSWORD; "xoauth2" uses an OAuth2 access token from
+    # the MAIL_OAUTH2_* client (Google, Microsoft 365). IMAP_ADDRESSES: the addresses whose
+    # mail lands in the IMAP mailbox (default IMAP_USER when it is an address); MAIL_REPLY_TO
+    # defaults to the first of them, so clients reply where the imap source reads.
     smtp_auth: Literal["password", "xoauth2"] = "password"
     imap_auth: Literal["password", "xoauth2"] = "password"
+    imap_addresses: str | None = None
     mail_oauth2_provider: Literal["google", "microsoft"] | None = None
     mail_oauth2_tenant: str | None = None  # Microsoft: directory (tenant) id or domain
     mail_oauth2_token_url: str | None = None  # else the provider's
@@ -148,6 +151,16 @@ class Settings(BaseModel):
                 raise ValueError(str(exc).removeprefix("HANDLER_DOWNLOAD_ALLOW: ")) from None
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _mail_defaults(cls, data: Any) -> Any:
+        return mail_defaults(data) if isinstance(data, dict) else data
+
+    @property
+    def imap_mailbox(self) -> list[str]:
+        """The addresses delivered to the IMAP mailbox, lower-cased (none without IMAP_HOST)."""
+        return _imap_mailbox(self.imap_host, self.imap_addresses, self.imap_user)
+
     @property
     def data_dir(self) -> Path:
         if self.handler_data_dir is not None:
@@ -157,10 +170,17 @@ class Settings(BaseModel):
         return Path(user_data_dir("handler-cli", appauthor=False))
 
 
-# -- mail addresses ------------------------------------------------------------------------------
+# -- mail defaults: the reply address follows the mailbox a reply source reads ---------------
 
 _ADDRESS = re.compile(r"^[^<>\s@]+@[^<>\s@]+\.[^<>\s@]+$")
 _ANGLE = re.compile(r"<([^<>]*)>\s*$")
+_NO_REPLY = re.compile(r"^(no|do[-_.]?not|ne[-_.]?pas)[-_.]?(reply|repondre|répondre)\b",
+                       re.IGNORECASE)
+
+
+def is_no_reply(address: str | None) -> bool:
+    """`no-reply@`, `noreply@`, `donotreply@`, `ne-pas-repondre@`: an address nobody reads."""
+    return bool(address and _NO_REPLY.match(address))
 
 
 def mail_address(value: str | None) -> str | None:
@@ -170,6 +190,55 @@ def mail_address(value: str | None) -> str | None:
     found = _ANGLE.search(value)
     address = (found.group(1) if found else value).strip()
     return address.lower() if _ADDRESS.match(address) else None
+
+
+def _imap_mailbox(host: object, addresses: object, user: object) -> list[str]:
+    if not host:
+        return []
+    listed = [mail_address(a) for a in str(addresses or "").split(",")]
+    found = [a for a in listed if a] or [a for a in [mail_address(str(user or ""))] if a]
+    return list(dict.fromkeys(found))
+
+
+def mail_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """Fill MAIL_FROM and MAIL_REPLY_TO left unset so that no default asks clients to reply
+    to an address nobody reads.
+
+    MAIL_FROM: SMTP_USER when it is an address (a relay lets us send as the mailbox we log in
+    to), else the IMAP mailbox when the imap source is on, else the no-reply fallback.
+    MAIL_REPLY_TO: the IMAP mailbox when the imap source is on and the sender is not it; else
+    ADMIN_EMAIL when the sender is a no-reply address (a person reads it). Where a derived
+    value came from is recorded in `sources`, for `doctor`.
+    """
+    def given(name: str) -> str | None:
+        value = data.get(name)
+        return str(value) if value not in (None, "") else None
+
+    raw_sources = given("handler_reply_sources")
+    imap_on = raw_sources is None or "imap" in [n.strip().lower() for n in raw_sources.split(",")]
+    mailbox = _imap_mailbox(given("imap_host"), given("imap_addresses"), given("imap_user"))
+    mailbox = mailbox if imap_on else []
+    sources = dict(data.get("sources") or {})
+    data = dict(data)
+    if not given("mail_from"):
+        login = mail_address(given("smtp_user")) if given("smtp_host") else None
+        if login:  # the relay lets us send as the mailbox we log in to
+            data["mail_from"] = f"{SENDER_NAME} <{login}>"
+            sources["mail_from"] = "default: SMTP_USER"
+        elif mailbox:
+            data["mail_from"] = f"{SENDER_NAME} <{mailbox[0]}>"
+            sources["mail_from"] = "default: the IMAP mailbox"
+    sender = mail_address(given("mail_from") or FALLBACK_MAIL_FROM)
+    if not given("mail_reply_to"):
+        if mailbox and sender not in mailbox:
+            data["mail_reply_to"] = mailbox[0]
+            sources["mail_reply_to"] = "default: the IMAP mailbox"
+        elif not mailbox and is_no_reply(sender):
+            data["mail_reply_to"] = given("admin_email") or DEFAULT_ADMIN_EMAIL
+            sources["mail_reply_to"] = "default: ADMIN_EMAIL, the sender is a no-reply address"
+    if sources:
+        data["sources"] = sources
+    return data
 
 
 SECRET_FIELDS = frozenset(

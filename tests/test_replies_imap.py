@@ -232,6 +232,15 @@ def test_poll_acts_on_a_reply_read_over_imap_once(tmp_path: Path, imap: Dovecot)
     assert all(b"\\Seen" not in f for f in imap.flags())
 
 
+def test_the_reply_address_is_ours_too(tmp_path: Path, imap: Dovecot) -> None:
+    # The team writing from the shared mailbox (Reply-To) is not the client answering.
+    imap.deliver(mail("Nous revenons vers vous", sender=f"Atelier <{imap.user}>",
+                      in_reply_to=ours("req_aaa")))
+    ctx = context(tmp_path, imap)
+    assert ctx.settings.mail_reply_to == imap.user
+    assert fetch(ctx, [waiting("1001", "req_aaa")]) == {}
+
+
 def test_probe_finds_a_message_by_its_message_id(tmp_path: Path, imap: Dovecot) -> None:
     imap.deliver(mail("test", message_id="<mailloop-1234.check@studio.example>"))
     source = IMAPReplies(context(tmp_path, imap))

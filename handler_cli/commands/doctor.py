@@ -20,10 +20,12 @@ SERVICE_SETTINGS = {
               "r2_public_url", "r2_endpoint_url"),
     "tasks": ("clickup_api_token", "clickup_base_url", "clickup_parent_task_id"),
     "mailer": ("smtp_host", "smtp_port", "smtp_user", "smtp_password", "smtp_security",
-               "mail_from", "admin_email"),
+               "smtp_auth", "mail_from", "mail_reply_to", "admin_email", "mail_oauth2_provider",
+               "mail_oauth2_tenant", "mail_oauth2_token_url", "mail_oauth2_client_id",
+               "mail_oauth2_client_secret", "mail_oauth2_refresh_token", "mail_oauth2_scope"),
     "llm": ("anthropic_api_key", "anthropic_base_url", "handler_llm_model"),
     "replies": ("handler_reply_sources", "imap_host", "imap_port", "imap_user", "imap_password",
-                "imap_folder", "imap_security"),
+                "imap_auth", "imap_addresses", "imap_folder", "imap_security"),
 }
 
 
@@ -85,9 +87,25 @@ def doctor(
                 for finding in say.checked(service, backend):
                     say(f"  check: {finding}")
                     failures += not finding.ok
+        if service == "replies":
+            failures += _reply_address(ctx, check, say)
     if problem:
         raise typer.Exit(ExitCode.USAGE)
     raise typer.Exit(ExitCode.FAILED if failures else ExitCode.OK)
+
+
+def _reply_address(ctx: Context, check: bool, say: _Report) -> int:
+    """Whether clients are asked to reply where a source reads: a warning, or a check line."""
+    from handler_cli.services.mail.reply_address import reply_address_findings
+
+    failed = 0
+    for finding in reply_address_findings(ctx):
+        if check:
+            say(f"  check: {finding}")
+            failed += not finding.ok
+        else:
+            say(f"  {'reply address' if finding.ok else 'warning'}: {finding.text}")
+    return failed
 
 
 class _Report:

@@ -266,18 +266,28 @@ def reply_from_record(record: EmailRecord, ticket_id: str, source: str,
 
 
 def own_addresses(ctx: Context) -> set[str]:
-    """Our sending address: e-mails from it in a mailbox are ours, not the client's."""
-    return {addr.lower() for _, addr in getaddresses([ctx.settings.mail_from]) if addr}
+    """Our sending and reply addresses: e-mails from them in a mailbox are ours (a copy, the
+    team writing from the shared mailbox), not the client's."""
+    s = ctx.settings
+    return {addr.lower() for _, addr in getaddresses([s.mail_from, s.mail_reply_to or ""])
+            if addr}
 
 
 # -- choosing the sources ----------------------------------------------------------------------
 
 
 def source_names(ctx: Context) -> list[str]:
-    """`HANDLER_REPLY_SOURCES`, or `hubspot` when HubSpot is live, else `local`."""
-    raw = ctx.settings.handler_reply_sources
+    """`HANDLER_REPLY_SOURCES`, else every source that can read replies here.
+
+    IMAP first when `IMAP_HOST` is set: the mailbox the clients reply to is the dependable
+    source (HubSpot logs a reply only when it lands in a HubSpot-connected inbox), and it
+    brings the attachments themselves. Then HubSpot when live; else the local folder and CRM.
+    """
+    s = ctx.settings
+    raw = s.handler_reply_sources
     if not raw or not raw.strip():
-        return ["hubspot" if ctx.settings.hubspot_access_token else "local"]
+        defaults = ["imap"] if s.imap_host else []
+        return [*defaults, "hubspot" if s.hubspot_access_token else "local"]
     names = [n.strip().lower() for n in raw.split(",") if n.strip()]
     unknown = [n for n in names if n not in KNOWN_SOURCES]
     if unknown:
