@@ -45,6 +45,12 @@ def doctor(
                      ] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Treat a local backend as an error.")
                       ] = False,
+    mail_loop: Annotated[bool, typer.Option("--mail-loop", help="Send one test e-mail to the "
+                                            "address clients reply to and wait until a reply "
+                                            "source sees it; exit 1 if it never does.")
+                         ] = False,
+    timeout: Annotated[float, typer.Option("--timeout", min=1, metavar="SECONDS",
+                                           help="How long --mail-loop waits.")] = 300.0,
 ) -> None:
     """Show the backend of each service and where its settings came from (secrets masked).
 
@@ -59,6 +65,8 @@ def doctor(
 
     settings = settings_or_exit(quiet=True, strict=strict, data_dir=False)
     ctx = Context(settings)
+    if mail_loop:
+        _mail_loop(ctx, timeout)
     failures = 0
     say = _Report()
     problem = data_dir_problem(settings)
@@ -106,6 +114,21 @@ def _reply_address(ctx: Context, check: bool, say: _Report) -> int:
         else:
             say(f"  {'reply address' if finding.ok else 'warning'}: {finding.text}")
     return failed
+
+
+def _mail_loop(ctx: Context, timeout: float) -> None:
+    """`--mail-loop`: the whole quote -> reply -> poll path, proved with one test e-mail."""
+    from handler_cli.commands._common import fail
+    from handler_cli.config import ConfigError
+    from handler_cli.mail_loop import run_mail_loop
+
+    try:
+        result = run_mail_loop(ctx, timeout=timeout)
+    except ConfigError as exc:
+        fail(ExitCode.USAGE, "mail loop: %s", exc)
+    for line in result.lines:
+        print(f"mail loop: {line}", flush=True)
+    raise typer.Exit(ExitCode.OK if result.ok else ExitCode.FAILED)
 
 
 class _Report:

@@ -91,6 +91,23 @@ class LocalReplies:
             found.sort(key=lambda r: r.at)
         return replies
 
+    def probe(self, message_id: str) -> bool:
+        """Whether a .eml with this Message-ID was saved in the folder (`doctor --mail-loop`)."""
+        from email import policy
+        from email.parser import BytesParser
+
+        wanted = message_id.strip().lower()
+        parser = BytesParser(policy=policy.default)
+        for path in [*self.folder.glob("*.eml"), *(self.folder / "handled").glob("*.eml")]:
+            try:
+                with path.open("rb") as raw:
+                    head = parser.parse(raw, headersonly=True)
+            except OSError:
+                continue
+            if str(head.get("Message-ID", "")).strip().lower() == wanted:
+                return True
+        return False
+
     def acknowledge(self, reply: Reply) -> None:
         """File an acted-on `.eml` under `handled/`, so the folder only shows what is new."""
         path = self._files.pop(reply.key, None)
