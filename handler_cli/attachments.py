@@ -141,7 +141,10 @@ def _download(url: str, settings: Settings, budget: Budget, guard: NetGuard) -> 
                         location = _header(response.headers, b"location")
                         if not location:
                             raise FileRejected("redirection sans destination")
-                        url = urljoin(url, location)
+                        try:
+                            url = urljoin(url, location)
+                        except ValueError:
+                            raise FileRejected("redirection vers une adresse mal formée") from None
                         continue
                     if response.status != 200:
                         raise FileRejected(f"téléchargement refusé (HTTP {response.status})")

@@ -104,30 +104,46 @@ def _check_url(value: str) -> None:
         raise ValueError("not a valid URL (no host)")
 
 
-def _nesting_problem(data: dict[str, Any], known: Any) -> tuple[str, str] | None:
-    """(field, message) for an extra field nested too deep or holding text that is not
-    Unicode (a lone surrogate): either one would make the document impossible to write.
-    Iterative, so depth itself cannot exhaust the stack."""
-    surrogate = _SURROGATE
+def _base64_text(value: str) -> str:
+    """Base64 is ASCII; anything else (a lone surrogate too) could not even be stored."""
+    if not value.isascii():
+        raise ValueError("not base64: only ASCII characters are expected")
+    return value
+
+
+def _nesting_problem(data: dict[str, Any]) -> tuple[str, str] | None:
+    """(field, message) for a field nested too deep or holding text that is not Unicode (a
+    lone surrogate, which JSON can carry and pydantic lets through where a string has no
+    constraint): either one would make the document impossible to write. Iterative, so
+    depth itself cannot exhaust the stack."""
+    search = _SURROGATE.search
     for key, value in data.items():
-        if key in known:
-            continue  # declared fields are validated by their types
-        if isinstance(key, str) and surrogate.search(key):
+        if isinstance(key, str) and not key.isascii() and search(key):
             return key.encode("utf-8", "backslashreplace").decode(), "not a valid Unicode name"
-        stack: list[tuple[Any, int]] = [(value, 1)]
+        if isinstance(value, str):  # most fields: no walk
+            if not value.isascii() and search(value):
+                return key, "contains text that is not valid Unicode"
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        stack: list[tuple[Any, tuple[Any, ...]]] = [(value, (key,))]
         while stack:
-            item, depth = stack.pop()
+            item, path = stack.pop()
             if isinstance(item, str):
-                if not item.isascii() and surrogate.search(item):
-                    return key, "contains text that is not valid Unicode"
+                if not item.isascii() and search(item):
+                    return ".".join(map(str, path)), "contains text that is not valid Unicode"
             elif isinstance(item, (dict, list)):
-                if depth > MAX_NESTING:
+                if len(path) > MAX_NESTING:
                     return key, f"nested deeper than {MAX_NESTING} levels"
-                children = item.items() if isinstance(item, dict) else enumerate(item)
-                for child_key, child in children:
-                    if isinstance(child_key, str) and surrogate.search(child_key):
-                        return key, "contains text that is not valid Unicode"
-                    stack.append((child, depth + 1))
+                if isinstance(item, dict):
+                    for child_key, child in item.items():
+                        if isinstance(child_key, str) and not child_key.isascii() \
+                                and search(child_key):
+                            return ".".join(map(str, path)), "contains a name that is not " \
+                                "valid Unicode"
+                        stack.append((child, (*path, child_key)))
+                else:
+                    stack.extend((child, (*path, n)) for n, child in enumerate(item))
     return None
 
 
@@ -156,7 +172,7 @@ class FileObject(BaseModel):
         min_length=1, max_length=255)
     url: Annotated[str, AfterValidator(_file_reference)] | None = Field(
         default=None, max_length=2048)
-    content_base64: str | None = None
+    content_base64: Annotated[str, AfterValidator(_base64_text)] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> FileObject:
@@ -262,11 +278,10 @@ class Payload(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _extra_fields_writable(cls, data: Any) -> Any:
-        """An extra field nested hundreds deep, or holding a lone surrogate, would pass
-        validation and then fail every write of the document: refuse it here, by name."""
-        if isinstance(data, dict) and not data.keys() <= cls.model_fields.keys() and \
-                (problem := _nesting_problem(data, cls.model_fields)):
+    def _writable(cls, data: Any) -> Any:
+        """An extra field nested hundreds deep, or any text holding a lone surrogate, would
+        pass validation and then fail every write of the document: refuse it here, by name."""
+        if isinstance(data, dict) and (problem := _nesting_problem(data)):
             from pydantic_core import PydanticCustomError, ValidationError
 
             field, message = problem

@@ -186,7 +186,7 @@ def test_tls_keeps_the_name_for_sni_and_the_certificate(settings: Settings) -> N
 @pytest.mark.parametrize("to", [
     "http://127.0.0.1:{port}/photo.png", "http://localhost:{port}/photo.png",
     "http://2130706433:{port}/photo.png", "http://[::ffff:127.0.0.1]:{port}/photo.png",
-    "file:///etc/passwd",
+    "file:///etc/passwd", "http://[::1/photo.png",
 ])
 def test_a_redirect_is_checked_like_the_first_url(
     settings: Settings, peer: FilePeer, to: str

@@ -62,6 +62,19 @@ def test_a_lone_surrogate_in_an_extra_field_is_named() -> None:
     assert isinstance(error, InputError) and "meta: " in str(error)
 
 
+@pytest.mark.parametrize(("change", "field"), [
+    ('"ticket_id": "12\\udc00"', "ticket_id"),
+    ('"notes": ["ok", "\\ud800"]', "notes"),
+    ('"fichiers": [{"name": "a.png", "content_base64": "QUJD\\ud800"}]',
+     "fichiers.0.content_base64"),
+])
+def test_a_lone_surrogate_anywhere_is_named_not_written(change: str, field: str) -> None:
+    # pydantic lets a lone surrogate through a string without constraints; writing the
+    # document would then fail (UnicodeEncodeError) far from the input.
+    (error,) = read(json.dumps(sample("modelisation_simple"))[:-1] + f", {change}}}")
+    assert isinstance(error, InputError) and f"{field}" in str(error)
+
+
 def test_the_command_reports_and_goes_on(cli: RunCli) -> None:
     good = json.dumps(sample("support"))
     deep = with_meta("[" * 5000 + "]" * 5000)
