@@ -78,7 +78,7 @@ service anvil {{
 
 
 # Dovecot 2.3's oauth2 passdb (doc.dovecot.org/2.3, "Open Authentication v2.0 database", read
-# 2026-11-27): the bearer token of an XOAUTH2/OAUTHBEARER login is POSTed as `token=...` to the
+# 2026-11-29): the bearer token of an XOAUTH2/OAUTHBEARER login is POSTed as `token=...` to the
 # introspection URL, whose JSON answer must be active and name the user logging in.
 OAUTH2_PASSDB = """\
 passdb {{

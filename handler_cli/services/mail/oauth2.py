@@ -9,7 +9,7 @@ an app password need OAuth2 too. Both accept the same SASL mechanism, XOAUTH2:
 
 (Google, "OAuth 2.0 Mechanism", developers.google.com/workspace/gmail/imap/xoauth2-protocol;
 Microsoft Learn, "Authenticate an IMAP, POP or SMTP connection using OAuth", both read on
-2026-11-27). The access token comes from the provider's token endpoint:
+2026-11-29). The access token comes from the provider's token endpoint:
 
 - a **refresh token** (Google; Microsoft delegated permissions), grant `refresh_token`;
 - **client credentials** (Microsoft application permissions, the app's own identity, no
@@ -18,7 +18,7 @@ Microsoft Learn, "Authenticate an IMAP, POP or SMTP connection using OAuth", bot
 Tokens are kept per process and fetched again a few minutes before they expire, or at once
 when the server refuses one (`invalidate`). Microsoft hands out a new refresh token with each
 use and lets each one live 90 days (Microsoft Learn, "Refresh tokens in the Microsoft identity
-platform", read 2026-11-27): the newest is kept in the data dir (mode 0600) so the one
+platform", read 2026-11-29): the newest is kept in the data dir (mode 0600) so the one
 configured once keeps working. Secrets (client secret, refresh and access tokens) never
 appear in a log line, a description or an error message.
 """
@@ -49,7 +49,7 @@ Protocol = Literal["smtp", "imap"]
 
 # Token endpoints (Google: "Using OAuth 2.0 for Web Server Applications", refresh section;
 # Microsoft: "Microsoft identity platform and OAuth 2.0 ... client credentials flow"; both read
-# 2026-11-27).
+# 2026-11-29).
 GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
 MICROSOFT_TOKEN_URL = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"
 # Scopes per provider, grant and protocol. Google: one scope for IMAP, POP and SMTP, and a
