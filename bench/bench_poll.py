@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 import time
@@ -39,16 +38,6 @@ from tests.fakes.hubspot import FakeHubSpot, hubspot_server  # noqa: E402
 
 EMAIL_TO_TICKET = 224
 DOMAIN = "valione-services.com"
-
-
-def kind_of(method: str, path: str) -> str:
-    if path.endswith("/search"):
-        return "search"
-    if path.startswith("/crm/v4/associations/"):
-        return "associations batch"
-    if re.fullmatch(r"/crm/v3/objects/emails/batch/read", path):
-        return "e-mails batch read"
-    return f"{method} {re.sub(r'/[0-9]+', '/{id}', path)}"
 
 
 def seed(fake: FakeHubSpot, ctx: Context, size: int, *, quotes: bool, replies: int) -> None:
@@ -97,7 +86,7 @@ def one(size: int, *, quotes: bool, replies: int) -> tuple[Counter[str], float, 
         started = time.perf_counter()
         report = Poller(ctx).run()
         elapsed = time.perf_counter() - started
-        calls = Counter(kind_of(r.method, r.path) for r in fake.requests)
+        calls = Counter(r.op or f"{r.method} {r.path}" for r in fake.requests)
         if report.failures:
             raise SystemExit(f"poll failed: {report.failures}")
         return calls, elapsed, report.summary()

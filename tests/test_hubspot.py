@@ -33,13 +33,13 @@ from tests.fakes.hubspot import FakeHubSpot, hubspot_server
 from tests.peers import lines
 
 RETRY_BASE = 0.01  # seconds; a TEN_SECONDLY_ROLLING wait is then 10 x 0.01 = 0.1 s
-TICKETS = "/crm/v3/objects/tickets"
-CONTACTS = "/crm/v3/objects/contacts"
-EMAILS = "/crm/v3/objects/emails"
-NOTES = "/crm/v3/objects/notes"
-SEARCH = "/crm/v3/objects/tickets/search"
-ASSOCIATIONS_READ = "/crm/v4/associations/tickets/emails/batch/read"
-EMAILS_READ = "/crm/v3/objects/emails/batch/read"
+# Operations, as the stand-in names them whatever the API version in the path.
+CREATE_TICKET, READ_TICKET, UPDATE_TICKET = "create ticket", "read ticket", "update ticket"
+CREATE_CONTACT, READ_CONTACT = "create contact", "read contact"
+CREATE_EMAIL, CREATE_NOTE = "create e-mail", "create note"
+SEARCH = "search tickets"
+ASSOCIATIONS_READ = "read associations tickets->emails"
+EMAILS_READ = "batch read e-mails"
 
 
 def hubspot_settings(hs: FakeHubSpot, data_dir: Path, **extra: Any) -> Settings:
@@ -84,8 +84,8 @@ def test_known_contact_is_found_by_email_and_not_created(hs: FakeHubSpot,
     known = hs.add("contacts", {"email": "marie@example.fr", "firstname": "Marie"})
 
     assert crm.find_or_create_contact("marie@example.fr", "Marie", "Dupont") == known
-    assert hs.count("POST", CONTACTS) == 0
-    assert hs.calls("GET")[0].query == [("idProperty", "email")]
+    assert hs.count(CREATE_CONTACT) == 0
+    assert hs.calls(READ_CONTACT)[0].query == [("idProperty", "email")]
 
 
 def test_unknown_contact_is_created_with_its_names(hs: FakeHubSpot, crm: HubSpotCRM) -> None:
@@ -94,32 +94,32 @@ def test_unknown_contact_is_created_with_its_names(hs: FakeHubSpot, crm: HubSpot
     props = hs.contacts[contact_id]["properties"]
     assert (props["email"], props["firstname"], props["lastname"]) == (
         "jean+3d@example.fr", "Jean", "Martin")
-    assert hs.calls("POST", CONTACTS)[0].body["associations"] == []
+    assert hs.calls(CREATE_CONTACT)[0].body["associations"] == []
     # the + of the address is escaped in the look-up path, not taken for a space
-    assert hs.calls("GET")[0].path == "/crm/v3/objects/contacts/jean%2B3d@example.fr"
+    assert hs.calls(READ_CONTACT)[0].path.endswith("/contacts/jean%2B3d@example.fr")
 
 
 def test_contact_created_meanwhile_is_taken_from_the_409(hs: FakeHubSpot,
                                                          crm: HubSpotCRM) -> None:
     existing = hs.add("contacts", {"email": "marie@example.fr"})
     # The look-up misses it (created by someone else a moment later): the create races it.
-    hs.fail_next("GET", "/crm/v3/objects/contacts/marie@example.fr", status=404, policy=None,
+    hs.fail_next(READ_CONTACT, id="marie@example.fr", status=404, policy=None,
                  body={"status": "error", "message": "Object not found.",
                        "correlationId": "c-1", "category": "OBJECT_NOT_FOUND"})
 
     assert crm.find_or_create_contact("marie@example.fr", "Marie", "Dupont") == existing
     assert len(hs.contacts) == 1
-    assert [r.status for r in hs.calls("POST", CONTACTS)] == [409]
+    assert [r.status for r in hs.calls(CREATE_CONTACT)] == [409]
 
 
 def test_contact_create_whose_answer_was_lost_is_not_created_twice(hs: FakeHubSpot,
                                                                    crm: HubSpotCRM) -> None:
-    hs.fail_next("POST", CONTACTS, action="apply_then_drop")
+    hs.fail_next(CREATE_CONTACT, action="apply_then_drop")
 
     contact_id = crm.find_or_create_contact("marie@example.fr", "Marie", "Dupont")
 
     assert list(hs.contacts) == [contact_id]
-    assert hs.count("POST", CONTACTS) == 1  # looked up, not sent again
+    assert hs.count(CREATE_CONTACT) == 1  # looked up, not sent again
 
 
 # -- tickets ---------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ def test_ticket_is_created_in_one_call_with_properties_and_contact(hs: FakeHubSp
 def test_ticket_without_contact_has_no_association(hs: FakeHubSpot, crm: HubSpotCRM) -> None:
     ticket_id = crm.create_ticket(draft())
 
-    assert hs.calls("POST", TICKETS)[0].body["associations"] == []
+    assert hs.calls(CREATE_TICKET)[0].body["associations"] == []
     assert hs.associated("tickets", ticket_id, "contacts") == []
 
 
@@ -156,7 +156,7 @@ def test_second_create_for_the_same_request_returns_the_first_ticket(
 
     assert crm.create_ticket(draft()) == first
     assert len(hs.tickets) == 1
-    assert [r.status for r in hs.calls("POST", TICKETS)] == [201, 409]
+    assert [r.status for r in hs.calls(CREATE_TICKET)] == [201, 409]
 
 
 def test_find_ticket_reads_by_request_id_without_search(hs: FakeHubSpot,
@@ -165,64 +165,64 @@ def test_find_ticket_reads_by_request_id_without_search(hs: FakeHubSpot,
 
     assert crm.find_ticket("req_find") == ticket_id
     assert crm.find_ticket("req_other") is None
-    assert hs.count("POST", SEARCH) == 0
-    assert hs.calls("GET")[0].query == [("idProperty", "handler_request_id")]
+    assert hs.count(SEARCH) == 0
+    assert hs.calls(READ_TICKET)[0].query == [("idProperty", "handler_request_id")]
 
 
 def test_rate_limited_ticket_create_waits_for_the_window_and_creates_once(
         hs: FakeHubSpot, crm: HubSpotCRM) -> None:
-    hs.fail_next("POST", TICKETS, times=2, status=429, policy="TEN_SECONDLY_ROLLING")
+    hs.fail_next(CREATE_TICKET, times=2, status=429, policy="TEN_SECONDLY_ROLLING")
 
     started = time.monotonic()
     ticket_id = crm.create_ticket(draft())
 
     assert list(hs.tickets) == [ticket_id]
-    assert [r.status for r in hs.calls("POST", TICKETS)] == [429, 429, 201]
+    assert [r.status for r in hs.calls(CREATE_TICKET)] == [429, 429, 201]
     assert time.monotonic() - started >= 2 * 10 * RETRY_BASE  # the 10 s window, scaled
 
 
 def test_ticket_create_that_timed_out_after_hubspot_made_it_is_found_not_repeated(
         hs: FakeHubSpot, tmp_path: Path) -> None:
-    hs.fail_next("POST", TICKETS, action="apply_then_delay", delay=1.5)
+    hs.fail_next(CREATE_TICKET, action="apply_then_delay", delay=1.5)
 
     with HubSpotCRM(hubspot_settings(hs, tmp_path), timeout=0.3) as crm:
         ticket_id = crm.create_ticket(draft())
 
     assert list(hs.tickets) == [ticket_id]
-    assert hs.count("POST", TICKETS) == 1
-    assert hs.count("GET", f"{TICKETS}/req_abc") == 1
+    assert hs.count(CREATE_TICKET) == 1
+    assert hs.count(READ_TICKET, id="req_abc") == 1
 
 
 def test_ticket_create_retried_after_a_lost_answer_gets_hubspots_409_and_the_ticket(
         hs: FakeHubSpot, crm: HubSpotCRM) -> None:
     # The ticket is made, the answer lost, and the look-up before the retry misses it:
     # the unique handler_request_id still refuses a second ticket.
-    hs.fail_next("POST", TICKETS, action="apply_then_drop")
-    hs.fail_next("GET", f"{TICKETS}/req_abc", status=404, policy=None,
+    hs.fail_next(CREATE_TICKET, action="apply_then_drop")
+    hs.fail_next(READ_TICKET, id="req_abc", status=404, policy=None,
                  body={"status": "error", "message": "Object not found.",
                        "correlationId": "c-2", "category": "OBJECT_NOT_FOUND"})
 
     ticket_id = crm.create_ticket(draft())
 
     assert list(hs.tickets) == [ticket_id]
-    assert [r.status for r in hs.calls("POST", TICKETS)] == [0, 409]
+    assert [r.status for r in hs.calls(CREATE_TICKET)] == [0, 409]
 
 
 def test_daily_limit_is_not_retried(hs: FakeHubSpot, crm: HubSpotCRM) -> None:
-    hs.fail_next("POST", TICKETS, times=5, status=429, policy="DAILY")
+    hs.fail_next(CREATE_TICKET, times=5, status=429, policy="DAILY")
 
     with pytest.raises(ServiceError) as caught:
         crm.create_ticket(draft())
 
     assert caught.value.transient is False
     assert "daily" in str(caught.value)
-    assert hs.count("POST", TICKETS) == 1
+    assert hs.count(CREATE_TICKET) == 1
 
 
 def test_server_errors_are_retried_three_times_then_reported(hs: FakeHubSpot,
                                                              crm: HubSpotCRM) -> None:
     ticket_id = hs.add("tickets", {"subject": "x", "hs_pipeline": "0", "hs_pipeline_stage": "1"})
-    hs.fail_next("PATCH", f"{TICKETS}/{ticket_id}", times=4, status=502, body={
+    hs.fail_next(UPDATE_TICKET, times=4, id=ticket_id, status=502, body={
         "status": "error", "message": "Bad gateway", "correlationId": "corr-502",
         "category": "INTERNAL_ERROR"})
 
@@ -232,12 +232,12 @@ def test_server_errors_are_retried_three_times_then_reported(hs: FakeHubSpot,
     assert caught.value.transient is True
     assert caught.value.service == "hubspot"
     assert "Bad gateway" in str(caught.value) and "corr-502" in str(caught.value)
-    assert hs.count("PATCH") == 4
+    assert hs.count(UPDATE_TICKET) == 4
 
 
 def test_a_server_error_then_success_is_transparent(hs: FakeHubSpot, crm: HubSpotCRM) -> None:
     ticket_id = hs.add("tickets", {"subject": "x", "hs_pipeline": "0", "hs_pipeline_stage": "1"})
-    hs.fail_next("PATCH", f"{TICKETS}/{ticket_id}", status=503, body="<html>503</html>")
+    hs.fail_next(UPDATE_TICKET, id=ticket_id, status=503, body="<html>503</html>")
 
     crm.update_ticket(ticket_id, {"validation_status": "validated"})
 
@@ -253,7 +253,7 @@ def test_refused_property_value_is_not_retried_and_named(hs: FakeHubSpot,
 
     assert caught.value.transient is False
     assert "validation_status" in str(caught.value) and "HTTP 400" in str(caught.value)
-    assert hs.count("PATCH") == 1
+    assert hs.count(UPDATE_TICKET) == 1
 
 
 def test_missing_custom_properties_point_to_setup(tmp_path: Path) -> None:
@@ -293,7 +293,7 @@ def test_update_then_get_ticket(hs: FakeHubSpot, crm: HubSpotCRM) -> None:
     crm.update_ticket(ticket_id, {"validation_status": "pending_credits", "credits_estimes": "2"})
     ticket = crm.get_ticket(ticket_id)
 
-    assert hs.calls("PATCH")[0].body == {
+    assert hs.calls(UPDATE_TICKET)[0].body == {
         "properties": {"validation_status": "pending_credits", "credits_estimes": "2"}}
     assert ticket["validation_status"] == "pending_credits"
     assert ticket["credits_estimes"] == "2"
@@ -326,12 +326,12 @@ def test_note_is_added_to_the_ticket(hs: FakeHubSpot, crm: HubSpotCRM) -> None:
 def test_note_whose_answer_was_lost_is_not_added_twice(hs: FakeHubSpot,
                                                        crm: HubSpotCRM) -> None:
     ticket_id = crm.create_ticket(draft())
-    hs.fail_next("POST", NOTES, action="apply_then_drop")
+    hs.fail_next(CREATE_NOTE, action="apply_then_drop")
 
     crm.add_note(ticket_id, "Relance envoyée")
 
     assert len(hs.notes) == 1
-    assert hs.count("POST", NOTES) == 1
+    assert hs.count(CREATE_NOTE) == 1
 
 
 def test_log_email_records_one_engagement_on_the_ticket(hs: FakeHubSpot,
@@ -340,7 +340,7 @@ def test_log_email_records_one_engagement_on_the_ticket(hs: FakeHubSpot,
 
     crm.log_email(ticket_id, email("<abc@valione-services.com>"))
 
-    assert hs.count("POST", EMAILS) == 1
+    assert hs.count(CREATE_EMAIL) == 1
     (email_id,) = hs.associated("tickets", ticket_id, "emails")
     props = hs.emails[email_id]["properties"]
     assert props["hs_email_direction"] == "EMAIL"
@@ -360,12 +360,12 @@ def test_email_log_whose_answer_was_lost_is_not_logged_twice(hs: FakeHubSpot,
                                                             crm: HubSpotCRM) -> None:
     ticket_id = crm.create_ticket(draft())
     crm.log_email(ticket_id, email("<first@valione-services.com>"))
-    hs.fail_next("POST", EMAILS, action="apply_then_drop")
+    hs.fail_next(CREATE_EMAIL, action="apply_then_drop")
 
     crm.log_email(ticket_id, email("<second@valione-services.com>", minutes=5))
 
     assert len(hs.emails) == 2
-    assert hs.count("POST", EMAILS) == 2
+    assert hs.count(CREATE_EMAIL) == 2
 
 
 # -- the ticket link -------------------------------------------------------------------------
@@ -381,7 +381,7 @@ def test_portal_id_is_fetched_once_and_cached_for_later_runs(hs: FakeHubSpot,
         assert second.ticket_url("20001") == url
 
     assert url == f"https://app.hubspot.com/contacts/{hs.portal_id}/record/0-5/20001"
-    assert hs.count("GET", "/account-info/v3/details") == 1
+    assert hs.count("account details") == 1
 
 
 def test_ticket_link_uses_the_accounts_ui_domain(tmp_path: Path) -> None:
@@ -415,7 +415,7 @@ def test_waiting_tickets_page_through_search_within_its_rate(hs: FakeHubSpot,
     assert len(waiting) == 450
     assert {w.validation_status for w in waiting} == {"pending_info", "pending_credits"}
     assert waiting[0].request_id == "req_0" and waiting[0].properties["subject"] == "t0"
-    searches = hs.calls("POST", SEARCH)
+    searches = hs.calls(SEARCH)
     assert [s.body["after"] for s in searches] == ["0", "200", "400"]
     assert all(s.body["limit"] == 200 for s in searches)
     gaps = [b.at - a.at for a, b in zip(searches, searches[1:], strict=False)]
@@ -425,10 +425,10 @@ def test_waiting_tickets_page_through_search_within_its_rate(hs: FakeHubSpot,
 def test_search_secondly_limit_is_backed_off_and_retried(hs: FakeHubSpot,
                                                         crm: HubSpotCRM) -> None:
     hs.add("tickets", {"subject": "t", "validation_status": "pending_info"})
-    hs.fail_next("POST", SEARCH, status=429, policy="SECONDLY")
+    hs.fail_next(SEARCH, status=429, policy="SECONDLY")
 
     assert len(crm.waiting_tickets(("pending_info",))) == 1
-    assert [r.status for r in hs.calls("POST", SEARCH)] == [429, 200]
+    assert [r.status for r in hs.calls(SEARCH)] == [429, 200]
 
 
 def test_incoming_emails_cost_calls_per_page_not_per_ticket(hs: FakeHubSpot,
@@ -459,10 +459,10 @@ def test_incoming_emails_cost_calls_per_page_not_per_ticket(hs: FakeHubSpot,
 
     found = crm.incoming_emails(tickets, known)
 
-    assert hs.count("POST", ASSOCIATIONS_READ) == 1
+    assert hs.count(ASSOCIATIONS_READ) == 1
     unknown = 260 * 3 - len(known)
-    assert hs.count("POST", EMAILS_READ) == math.ceil(unknown / 100)
-    assert all(len(c.body["inputs"]) <= 100 for c in hs.calls("POST", EMAILS_READ))
+    assert hs.count(EMAILS_READ) == math.ceil(unknown / 100)
+    assert all(len(c.body["inputs"]) <= 100 for c in hs.calls(EMAILS_READ))
     assert {t: [r.crm_id for r in records] for t, records in found.items() if records} == (
         expected)
     assert found[tickets[999]] == []
@@ -488,7 +488,7 @@ def test_incoming_emails_follow_association_paging(hs: FakeHubSpot, crm: HubSpot
     found = crm.incoming_emails([ticket], set())
 
     assert len(found[ticket]) == 520
-    reads = hs.calls("POST", ASSOCIATIONS_READ)
+    reads = hs.calls(ASSOCIATIONS_READ)
     assert [r.body["inputs"] for r in reads] == [[{"id": ticket}],
                                                  [{"id": ticket, "after": "500"}]]
     assert [r.at for r in found[ticket]] == sorted(r.at for r in found[ticket])
@@ -517,7 +517,7 @@ def test_setup_creates_the_properties_once(tmp_path: Path) -> None:
             "pending_info", "pending_credits", "pending_admin", "validated", "rejected"}
         assert hs.properties["tickets"]["credits_estimes"]["type"] == "number"
         assert crm.create_ticket(draft(validation_status="pending_info")) == ticket_id
-        assert hs.count("POST", "/crm/v3/properties/tickets") == len(CUSTOM_PROPERTY_NAMES)
+        assert hs.count("create ticket property") == len(CUSTOM_PROPERTY_NAMES)
 
 
 def test_setup_adds_a_missing_status_option_and_flags_a_non_unique_request_id(
@@ -594,9 +594,9 @@ def test_our_own_emails_are_never_read_again_by_the_poll(hs: FakeHubSpot,
 
     crm.incoming_emails(tickets, set())
     # Only the e-mail we did not log was read, once; it is remembered as not the client's.
-    (read,) = hs.calls("POST", EMAILS_READ)
+    (read,) = hs.calls(EMAILS_READ)
     assert [i["id"] for i in read.body["inputs"]] == [stranger]
 
     again = HubSpotCRM(crm.settings, timeout=2.0)  # a later poll, a new process
     assert again.incoming_emails(tickets, set()) == {t: [] for t in tickets}
-    assert hs.count("POST", EMAILS_READ) == 1
+    assert hs.count(EMAILS_READ) == 1

@@ -9,7 +9,6 @@ shown to reach every endpoint the client uses, and the check is shown to catch v
 from __future__ import annotations
 
 import json
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,38 +26,31 @@ from tests.fakes.hubspot import (
     _spec,
     contract_violations,
     hubspot_server,
+    parse_operation,
 )
 
-# Every endpoint the client calls, as the specs name them.
+# Every operation the client uses, as the stand-in names them (whatever the API version).
 CLIENT_OPERATIONS = {
-    ("GET", r"/crm/v3/objects/contacts/[^/]+"): "read contact by e-mail",
-    ("POST", r"/crm/v3/objects/contacts"): "create contact",
-    ("POST", r"/crm/v3/objects/tickets"): "create ticket",
-    ("GET", r"/crm/v3/objects/tickets/[^/]+"): "read ticket (by id or request id)",
-    ("PATCH", r"/crm/v3/objects/tickets/[^/]+"): "update ticket",
-    ("POST", r"/crm/v3/objects/tickets/search"): "search tickets",
-    ("POST", r"/crm/v3/objects/notes"): "create note",
-    ("POST", r"/crm/v3/objects/notes/batch/read"): "read notes",
-    ("POST", r"/crm/v3/objects/emails"): "create e-mail",
-    ("POST", r"/crm/v3/objects/emails/batch/read"): "read e-mails",
-    ("POST", r"/crm/v4/associations/tickets/emails/batch/read"): "ticket e-mails, batch",
-    ("GET", r"/crm/v4/objects/tickets/[^/]+/associations/(notes|emails)"): "one ticket's links",
-    ("GET", r"/crm/v3/properties/tickets"): "list ticket properties",
-    ("POST", r"/crm/v3/properties/tickets"): "create ticket property",
-    ("PATCH", r"/crm/v3/properties/tickets/[^/]+"): "update ticket property",
-    ("GET", r"/crm/v3/properties/tickets/groups/[^/]+"): "read property group",
-    ("POST", r"/crm/v3/properties/tickets/groups"): "create property group",
-    ("GET", r"/account-info/v3/details"): "account details",
+    "read contact",  # by e-mail
+    "create contact",
+    "create ticket",
+    "read ticket",  # by id or by request id
+    "update ticket",
+    "search tickets",
+    "create note",
+    "batch read notes",
+    "create e-mail",
+    "batch read e-mails",
+    "read associations tickets->emails",
+    "list ticket associations to notes",
+    "list ticket associations to emails",
+    "list ticket properties",
+    "create ticket property",
+    "update ticket property",
+    "read ticket property group",
+    "create ticket property group",
+    "account details",
 }
-
-
-def operation_of(record: Recorded) -> str | None:
-    # search and batch reads first: their paths also look like "read by id"
-    for (method, pattern), name in sorted(CLIENT_OPERATIONS.items(),
-                                          key=lambda item: -len(item[0][1])):
-        if record.method == method and re.fullmatch(pattern, record.path):
-            return name
-    return None
 
 
 def full_tour(hs: FakeHubSpot, data_dir: Path) -> None:
@@ -73,12 +65,12 @@ def full_tour(hs: FakeHubSpot, data_dir: Path) -> None:
         crm.check()
 
         contact = crm.find_or_create_contact("marie@example.fr", "Marie", "Dupont")
-        hs.fail_next("GET", "/crm/v3/objects/contacts/marie@example.fr", status=404,
+        hs.fail_next("read contact", id="marie@example.fr", status=404,
                      policy=None, body={"status": "error", "message": "Object not found.",
                                         "correlationId": "c", "category": "OBJECT_NOT_FOUND"})
         crm.find_or_create_contact("marie@example.fr", "Marie", "Dupont")  # 409 race
 
-        hs.fail_next("POST", "/crm/v3/objects/tickets", status=429)
+        hs.fail_next("create ticket", status=429)
         draft = TicketDraft("req_tour", "Sujet", "Texte", "HIGH", contact,
                             {"validation_status": "pending_credits", "credits_estimes": "1",
                              "fichiers_urls": "https://files.example/a.glb"})
@@ -89,9 +81,9 @@ def full_tour(hs: FakeHubSpot, data_dir: Path) -> None:
         crm.get_ticket(ticket)
         crm.ticket_url(ticket)
 
-        hs.fail_next("POST", "/crm/v3/objects/notes", action="apply_then_drop")
+        hs.fail_next("create note", action="apply_then_drop")
         crm.add_note(ticket, "Note")
-        hs.fail_next("POST", "/crm/v3/objects/emails", action="apply_then_drop")
+        hs.fail_next("create e-mail", action="apply_then_drop")
         crm.log_email(ticket, EmailRecord(
             "<a@v.fr>", "INCOMING", "Marie <marie@example.fr>", "no-reply@v.fr", "Re",
             "Je valide", datetime(2026, 3, 2, tzinfo=UTC), in_reply_to="<q@v.fr>"))
@@ -101,7 +93,7 @@ def full_tour(hs: FakeHubSpot, data_dir: Path) -> None:
         for _ in range(510):  # two association pages
             hs.add("emails", {"hs_email_direction": "INCOMING_EMAIL"},
                    [("tickets", ticket, 224)])
-        hs.fail_next("POST", "/crm/v3/objects/tickets/search", status=429, policy="SECONDLY")
+        hs.fail_next("search tickets", status=429, policy="SECONDLY")
         crm.waiting_tickets(("pending_info", "pending_credits"))
         crm.incoming_emails([ticket, "20002"], set())
 
@@ -111,10 +103,10 @@ def test_a_full_tour_of_the_client_stays_within_hubspots_specs(tmp_path: Path) -
         full_tour(hs, tmp_path)
 
     assert contract_violations(hs.requests) == []
-    reached = {operation_of(r) for r in hs.requests}
-    assert reached == set(CLIENT_OPERATIONS.values())
-    assert any(r.body.get("inputs", [{}])[0].get("after") for r in hs.requests
-               if r.path.endswith("/batch/read") and r.path.startswith("/crm/v4"))
+    reached = {r.op for r in hs.requests}
+    assert reached == CLIENT_OPERATIONS
+    assert any(r.body["inputs"][0].get("after")
+               for r in hs.calls("read associations tickets->emails"))
 
 
 def test_the_specs_are_hubspots_openapi_files() -> None:
@@ -179,3 +171,27 @@ def test_the_stand_in_fails_a_test_whose_client_breaks_the_contract() -> None:
         httpx.post(f"{hs.url}/crm/v3/objects/tickets", timeout=5.0,
                    headers={"Authorization": f"Bearer {DEFAULT_TOKEN}"},
                    json={"properties": {"subject": "x", "hs_pipeline_stage": "1"}})
+
+
+@pytest.mark.parametrize(("method", "path", "name", "args"), [
+    ("POST", "/crm/v3/objects/tickets", "create ticket", {"ot": "tickets"}),
+    ("POST", "/crm/objects/2026-09/tickets", "create ticket", {"ot": "tickets"}),
+    ("GET", "/crm/v3/objects/contacts/jean%2B3d@example.fr", "read contact",
+     {"id": "jean+3d@example.fr"}),
+    ("GET", "/crm/objects/2026-09/contacts/jean%2B3d@example.fr", "read contact",
+     {"id": "jean+3d@example.fr"}),
+    ("POST", "/crm/v4/associations/tickets/emails/batch/read",
+     "read associations tickets->emails", {"to": "emails"}),
+    ("POST", "/crm/associations/2026-09/tickets/emails/batch/read",
+     "read associations tickets->emails", {"to": "emails"}),
+    ("POST", "/crm/properties/2026-09/tickets/groups", "create ticket property group", {}),
+    ("GET", "/account-info/2026-09/details", "account details", {}),
+    ("GET", "/crm/pipelines/2026-09/tickets/0", "read ticket pipeline", {"pipeline": "0"}),
+])
+def test_the_stand_in_names_each_operation_whatever_the_version(
+        method: str, path: str, name: str, args: dict[str, str]) -> None:
+    operation = parse_operation(method, path)
+
+    assert operation is not None and operation.name == name
+    assert args.items() <= dict(operation.args).items()
+    assert parse_operation("DELETE", path) is None

@@ -99,6 +99,83 @@ def _default_ticket_properties() -> dict[str, dict[str, Any]]:
     return {p["name"]: p for p in props}
 
 
+ONE = {"contacts": "contact", "tickets": "ticket", "notes": "note", "emails": "e-mail"}
+MANY = {"contacts": "contacts", "tickets": "tickets", "notes": "notes", "emails": "e-mails"}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """What a request asks, whatever the API version in its path: tests count these."""
+
+    name: str  # "create ticket", "batch read e-mails", "read associations tickets->emails"
+    family: str  # objects | associations | properties | pipelines | account
+    version: str  # "v3", "v4" or "2026-09"
+    handler: str
+    args: tuple[tuple[str, str], ...] = ()
+
+    def arg(self, name: str) -> str | None:
+        return dict(self.args).get(name)
+
+
+_SEG = r"[^/]+"
+# (family, method, the path after the family's versioned prefix, operation name, handler)
+_OPERATIONS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("account", "GET", "/details", "account details", "_account"),
+    ("properties", "GET", "/groups", "list {one} property groups", "_list_groups"),
+    ("properties", "POST", "/groups", "create {one} property group", "_post_group"),
+    ("properties", "GET", "/groups/(?P<name>{seg})", "read {one} property group", "_get_group"),
+    ("properties", "GET", "", "list {one} properties", "_list_properties"),
+    ("properties", "POST", "", "create {one} property", "_post_property"),
+    ("properties", "GET", "/(?P<name>{seg})", "read {one} property", "_get_property"),
+    ("properties", "PATCH", "/(?P<name>{seg})", "update {one} property", "_patch_property"),
+    ("pipelines", "GET", "", "list {one} pipelines", "_list_pipelines"),
+    ("pipelines", "GET", "/(?P<pipeline>{seg})", "read {one} pipeline", "_get_pipeline"),
+    ("objects", "POST", "/search", "search {many}", "_search"),
+    ("objects", "POST", "/batch/read", "batch read {many}", "_batch_read"),
+    ("objects", "POST", "/gdpr-delete", "gdpr delete {one}", "_gdpr_delete"),
+    ("objects", "POST", "", "create {one}", "_create"),
+    ("objects", "GET", "", "list {many}", "_list"),
+    ("objects", "GET", "/(?P<id>{seg})", "read {one}", "_read"),
+    ("objects", "PATCH", "/(?P<id>{seg})", "update {one}", "_update"),
+    ("associations", "POST", "/batch/read", "read associations {ot}->{to}",
+     "_associations_batch_read"),
+    ("object associations", "GET", "", "list {one} associations to {to}",
+     "_associations_page"),
+)
+# Each family's versioned prefixes: the numbered versions and the date-based one.
+_PREFIXES: dict[str, tuple[tuple[str, str], ...]] = {
+    "account": (("v3", "/account-info/v3"), ("2026-09", "/account-info/2026-09")),
+    "properties": (("v3", "/crm/v3/properties/(?P<ot>{seg})"),
+                   ("2026-09", "/crm/properties/2026-09/(?P<ot>{seg})")),
+    "pipelines": (("v3", "/crm/v3/pipelines/(?P<ot>{seg})"),
+                  ("2026-09", "/crm/pipelines/2026-09/(?P<ot>{seg})")),
+    "objects": (("v3", "/crm/v3/objects/(?P<ot>{seg})"),
+                ("2026-09", "/crm/objects/2026-09/(?P<ot>{seg})")),
+    "associations": (("v4", "/crm/v4/associations/(?P<ot>{seg})/(?P<to>{seg})"),
+                     ("2026-09", "/crm/associations/2026-09/(?P<ot>{seg})/(?P<to>{seg})")),
+    "object associations": (
+        ("v4", "/crm/v4/objects/(?P<ot>{seg})/(?P<id>{seg})/associations/(?P<to>{seg})"),),
+}
+_PATTERNS = tuple(
+    (method, version, re.compile((prefix + rest).format(seg=_SEG)), family, name, handler)
+    for family, method, rest, name, handler in _OPERATIONS
+    for version, prefix in _PREFIXES[family]
+)
+
+
+def parse_operation(method: str, path: str) -> Operation | None:
+    """The operation a request path names (percent-encoded as sent), or None."""
+    for verb, version, pattern, family, name, handler in _PATTERNS:
+        match = pattern.fullmatch(path)
+        if match and verb == method.upper():
+            args = {k: unquote(v) for k, v in match.groupdict().items()}
+            ot = args.get("ot", "")
+            label = name.format(one=ONE.get(ot, ot), many=MANY.get(ot, ot), ot=ot,
+                                to=args.get("to", ""))
+            return Operation(label, family, version, handler, tuple(sorted(args.items())))
+    return None
+
+
 @dataclass
 class Recorded:
     """One request as the server received it."""
@@ -111,6 +188,21 @@ class Recorded:
     at: float  # time.monotonic() on arrival
     status: int = 0  # 0 when the connection was dropped
     fault: str | None = None
+
+    @property
+    def operation(self) -> Operation | None:
+        return parse_operation(self.method, self.path)
+
+    @property
+    def op(self) -> str | None:
+        """The operation's name ("create ticket"), whatever the version in the path."""
+        found = self.operation
+        return found.name if found else None
+
+    def arg(self, name: str) -> str | None:
+        """A path parameter of the operation (`id`, `name`, `ot`, `to`), unescaped."""
+        found = self.operation
+        return found.arg(name) if found else None
 
     @property
     def body(self) -> Any:
@@ -126,8 +218,8 @@ class Recorded:
 
 @dataclass
 class Fault:
-    method: str
-    path: str | re.Pattern[str]
+    operation: str
+    object_id: str | None
     remaining: int
     action: str  # "status" | "drop" | "apply_then_drop" | "apply_then_delay"
     status: int
@@ -136,12 +228,9 @@ class Fault:
     body: Any
     headers: dict[str, str]
 
-    def matches(self, method: str, path: str) -> bool:
-        if method != self.method.upper():
-            return False
-        if isinstance(self.path, re.Pattern):
-            return self.path.fullmatch(path) is not None
-        return self.path == path
+    def matches(self, record: Recorded) -> bool:
+        return record.op == self.operation and (
+            self.object_id is None or record.arg("id") == self.object_id)
 
 
 class ApiError(Exception):
@@ -205,6 +294,10 @@ class FakeHubSpot:
             "tickets": {"ticketinformation": {"name": "ticketinformation",
                                               "label": "Ticket information",
                                               "displayOrder": -1, "archived": False}}}
+        self.pipelines: dict[str, dict[str, tuple[str, ...]]] = {
+            "tickets": dict(TICKET_STAGES)}
+        self.blocklist: set[str] = set()  # e-mail addresses a GDPR delete blocklisted
+        self.gdpr_deleted: list[str] = []  # contact ids, in order
         self.requests: list[Recorded] = []
         self.faults: list[Fault] = []
         self._search_times: list[float] = []
@@ -263,21 +356,22 @@ class FakeHubSpot:
     def notes(self) -> dict[str, dict[str, Any]]:
         return self.objects["notes"]
 
-    def calls(self, method: str | None = None,
-              path: str | re.Pattern[str] | None = None) -> list[Recorded]:
-        """Recorded requests matching a method and an exact path or a regex (fullmatch)."""
+    def calls(self, operation: str | None = None, *, id: str | None = None,  # noqa: A002
+              version: str | None = None) -> list[Recorded]:
+        """Recorded requests by operation ("create ticket"), object id and API version."""
         def hit(r: Recorded) -> bool:
-            if method is not None and r.method != method.upper():
+            found = r.operation
+            if operation is not None and (found is None or found.name != operation):
                 return False
-            if isinstance(path, re.Pattern):
-                return path.fullmatch(r.path) is not None
-            return path is None or r.path == path
+            if id is not None and (found is None or found.arg("id") != id):
+                return False
+            return version is None or (found is not None and found.version == version)
 
         return [r for r in list(self.requests) if hit(r)]
 
-    def count(self, method: str | None = None,
-              path: str | re.Pattern[str] | None = None) -> int:
-        return len(self.calls(method, path))
+    def count(self, operation: str | None = None, *, id: str | None = None,  # noqa: A002
+              version: str | None = None) -> int:
+        return len(self.calls(operation, id=id, version=version))
 
     def associated(self, from_type: str, from_id: str, to_type: str) -> list[str]:
         """Ids of the `to_type` objects associated with one object, in id order."""
@@ -294,11 +388,11 @@ class FakeHubSpot:
 
     # -- scripting ------------------------------------------------------------------------
 
-    def fail_next(self, method: str, path: str | re.Pattern[str], times: int = 1, *,
+    def fail_next(self, operation: str, times: int = 1, *, id: str | None = None,  # noqa: A002
                   status: int = 429, policy: str | None = "TEN_SECONDLY_ROLLING",
                   action: str = "status", delay: float = 2.0, body: Any = None,
                   retry_after: float | None = None) -> None:
-        """The next `times` requests matching `method` and `path` fail.
+        """The next `times` requests of `operation` (on object `id`, if given) fail.
 
         action "status": answer `status` (429 with `policy`'s body and rate-limit headers,
         or e.g. 502); "drop": close the connection without applying or answering;
@@ -327,7 +421,7 @@ class FakeHubSpot:
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)
         with self.lock:
-            self.faults.append(Fault(method.upper(), path, times, action, status, policy, delay,
+            self.faults.append(Fault(operation, id, times, action, status, policy, delay,
                                      body, headers))
 
     def install_custom_properties(self) -> None:
@@ -367,7 +461,7 @@ class FakeHubSpot:
                 "https://developers.hubspot.com/docs/methods/auth/oauth-overview",
                 "INVALID_AUTHENTICATION").body)
             return
-        fault = self._take_fault(record.method, record.path)
+        fault = self._take_fault(record)
         if fault is not None:
             record.fault = fault.action
             if fault.action == "status":
@@ -390,10 +484,10 @@ class FakeHubSpot:
         except OSError:  # the client gave up waiting: that was the point
             handler.close_connection = True
 
-    def _take_fault(self, method: str, path: str) -> Fault | None:
+    def _take_fault(self, record: Recorded) -> Fault | None:
         with self.lock:
             for fault in self.faults:
-                if fault.remaining > 0 and fault.matches(method, path):
+                if fault.remaining > 0 and fault.matches(record):
                     fault.remaining -= 1
                     return fault
         return None
@@ -417,47 +511,22 @@ class FakeHubSpot:
         handler.wfile.write(data)
         handler.wfile.flush()
 
-    ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
-        (m, re.compile(p), h) for m, p, h in (
-            ("GET", r"/account-info/v3/details", "_account"),
-            ("GET", r"/crm/v3/properties/(?P<ot>\w+)/groups", "_list_groups"),
-            ("POST", r"/crm/v3/properties/(?P<ot>\w+)/groups", "_post_group"),
-            ("GET", r"/crm/v3/properties/(?P<ot>\w+)/groups/(?P<name>[^/]+)", "_get_group"),
-            ("GET", r"/crm/v3/properties/(?P<ot>\w+)", "_list_properties"),
-            ("POST", r"/crm/v3/properties/(?P<ot>\w+)", "_post_property"),
-            ("GET", r"/crm/v3/properties/(?P<ot>\w+)/(?P<name>[^/]+)", "_get_property"),
-            ("PATCH", r"/crm/v3/properties/(?P<ot>\w+)/(?P<name>[^/]+)", "_patch_property"),
-            ("POST", r"/crm/v3/objects/(?P<ot>\w+)/search", "_search"),
-            ("POST", r"/crm/v3/objects/(?P<ot>\w+)/batch/read", "_batch_read"),
-            ("POST", r"/crm/v3/objects/(?P<ot>\w+)", "_create"),
-            ("GET", r"/crm/v3/objects/(?P<ot>\w+)/(?P<id>[^/]+)", "_read"),
-            ("PATCH", r"/crm/v3/objects/(?P<ot>\w+)/(?P<id>[^/]+)", "_update"),
-            ("POST", r"/crm/v4/associations/(?P<ot>\w+)/(?P<to>\w+)/batch/read",
-             "_associations_batch_read"),
-            ("GET", r"/crm/v4/objects/(?P<ot>\w+)/(?P<id>[^/]+)/associations/(?P<to>\w+)",
-             "_associations_page"),
-        )
-    )
-
     def _dispatch(self, record: Recorded) -> tuple[int, Any, dict[str, str]]:
         try:
-            for method, pattern, name in self.ROUTES:
-                match = pattern.fullmatch(record.path)
-                if match and method == record.method:
-                    args = {k: unquote(v) for k, v in match.groupdict().items()}
-                    ot = args.get("ot")
-                    if name.startswith(("_create", "_read", "_update", "_search", "_batch")) \
-                            and ot not in OBJECT_TYPES:
-                        raise ApiError(400, f"Unable to infer object type from: {ot}",
-                                       "VALIDATION_ERROR")
-                    try:
-                        body = record.body
-                    except ValueError:
-                        raise ApiError(400, "Invalid input JSON", "VALIDATION_ERROR") from None
-                    with self.lock:
-                        status, payload = getattr(self, name)(record, body, **args)
-                    return status, payload, {}
-            raise ApiError(404, f"Unknown path {record.method} {record.path}", "NOT_FOUND")
+            operation = record.operation
+            if operation is None:
+                raise ApiError(404, f"Unknown path {record.method} {record.path}", "NOT_FOUND")
+            args = dict(operation.args)
+            if operation.family == "objects" and args.get("ot") not in OBJECT_TYPES:
+                raise ApiError(400, f"Unable to infer object type from: {args.get('ot')}",
+                               "VALIDATION_ERROR")
+            try:
+                body = record.body
+            except ValueError:
+                raise ApiError(400, "Invalid input JSON", "VALIDATION_ERROR") from None
+            with self.lock:
+                status, payload = getattr(self, operation.handler)(record, body, **args)
+            return status, payload, {}
         except ApiError as exc:
             return exc.status, exc.body, {}
 
@@ -526,7 +595,7 @@ class FakeHubSpot:
                 options = {o["value"] for o in prop["options"]}
                 if name == "hs_pipeline_stage":
                     pipeline = properties.get("hs_pipeline", "0")
-                    options = set(TICKET_STAGES.get(pipeline, ()))
+                    options = set(self.pipelines["tickets"].get(pipeline, ()))
                 if value not in options:
                     raise _invalid(name, f"{value} was not one of the allowed options: "
                                    f"{sorted(options)}", "INVALID_OPTION")
@@ -596,6 +665,43 @@ class FakeHubSpot:
                 view.setdefault("associations", {})[to_type] = {"results": [
                     {"id": i, "type": f"{ot[:-1]}_to_{to_type[:-1]}"} for i in ids]}
         return 200, view
+
+    def _list(self, record: Recorded, body: Any, ot: str) -> tuple[int, Any]:
+        limit = int(record.first("limit") or 10)
+        start = int(record.first("after") or 0)
+        everything = sorted(self.objects[ot].values(), key=lambda o: int(o["id"]))
+        page = everything[start:start + limit]
+        answer: dict[str, Any] = {"results": [self._view(ot, o, self._wanted(record))
+                                              for o in page]}
+        if start + limit < len(everything):
+            answer["paging"] = {"next": {"after": str(start + limit)}}
+        return 200, answer
+
+    def _gdpr_delete(self, record: Recorded, body: Any, ot: str) -> tuple[int, Any]:
+        """Deletes the contact and what is associated with it only; an e-mail address not
+        found is blocklisted (HubSpot's documented behaviour)."""
+        if ot != "contacts":
+            raise ApiError(400, f"GDPR delete is not supported for {ot}", "VALIDATION_ERROR")
+        body = body or {}
+        object_id, id_property = str(body.get("objectId") or ""), body.get("idProperty")
+        found = (self._find_by("contacts", "email", object_id) if id_property == "email"
+                 else self.objects["contacts"].get(object_id))
+        if found is None:
+            if id_property == "email":
+                self.blocklist.add(object_id.lower())
+                return 204, None
+            raise _not_found(ot, object_id)
+        contact_id = found["id"]
+        for (from_type, from_id, to_type), targets in list(self.links.items()):
+            if from_type == "contacts" and from_id == contact_id:
+                for to_id in targets:
+                    self.links.get((to_type, to_id, "contacts"), {}).pop(contact_id, None)
+                    if to_type == "emails":  # the contact's e-mails go with it
+                        self.objects["emails"].pop(to_id, None)
+                del self.links[(from_type, from_id, to_type)]
+        del self.objects["contacts"][contact_id]
+        self.gdpr_deleted.append(contact_id)
+        return 204, None
 
     def _update(self, record: Recorded, body: Any, ot: str, id: str) -> tuple[int, Any]:  # noqa: A002
         obj = self._lookup(ot, id, record.first("idProperty"))
@@ -820,6 +926,28 @@ class FakeHubSpot:
                 prop[key] = body[key]
         prop["updatedAt"] = _now()
         return 200, prop
+
+
+    # -- pipelines ------------------------------------------------------------------------
+
+    def _pipeline(self, ot: str, pipeline_id: str) -> dict[str, Any]:
+        stages = self.pipelines.get(ot, {}).get(pipeline_id)
+        if stages is None:
+            raise ApiError(404, f"Pipeline {pipeline_id} not found", "OBJECT_NOT_FOUND")
+        now = _now()
+        return {"id": pipeline_id, "label": f"Pipeline {pipeline_id}", "displayOrder": 0,
+                "archived": False, "createdAt": now, "updatedAt": now,
+                "stages": [{"id": s, "label": f"Stage {s}", "displayOrder": i,
+                            "metadata": {"ticketState": "OPEN"}, "archived": False,
+                            "createdAt": now, "updatedAt": now, "writePermissions": "CRUD"}
+                           for i, s in enumerate(stages)]}
+
+    def _list_pipelines(self, record: Recorded, body: Any, ot: str) -> tuple[int, Any]:
+        return 200, {"results": [self._pipeline(ot, p) for p in self.pipelines.get(ot, {})]}
+
+    def _get_pipeline(self, record: Recorded, body: Any, ot: str,
+                      pipeline: str) -> tuple[int, Any]:
+        return 200, self._pipeline(ot, pipeline)
 
 
 @contextmanager
