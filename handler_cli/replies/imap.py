@@ -143,11 +143,13 @@ class IMAPReplies:
             except imaplib.IMAP4.error as exc:
                 raise self._error(f"login refused for {self.user}", exc, transient=False) from None
             return
+        from handler_cli.services.mail.oauth2 import XOAuth2Answer
+
         for attempt in (1, 2):
             token = self._tokens.token()
-            answer = _XOAuth2Answer(self.user, token)
+            answer = XOAuth2Answer(self.user, token)
             try:
-                imap.authenticate("XOAUTH2", answer)
+                imap.authenticate("XOAUTH2", answer.imap)
                 return
             except imaplib.IMAP4.error as exc:
                 self._tokens.invalidate(token)
@@ -223,26 +225,6 @@ class IMAPReplies:
 
     def acknowledge(self, reply: Reply) -> None:
         """The mailbox is left as it is: what was handled is recorded by the poll."""
-
-
-class _XOAuth2Answer:
-    """imaplib's SASL callback: the XOAUTH2 response to the first (empty) continuation, then
-    an empty line to the error a server sends as a second one (kept for the message)."""
-
-    def __init__(self, user: str, token: str) -> None:
-        self._user = user
-        self._token = token
-        self._sent = False
-        self.server_said = ""
-
-    def __call__(self, challenge: bytes) -> bytes:
-        from handler_cli.services.mail.oauth2 import xoauth2
-
-        if not self._sent:
-            self._sent = True
-            return xoauth2(self._user, self._token).encode()
-        self.server_said = _text(challenge)
-        return b""
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:

@@ -73,6 +73,28 @@ def xoauth2(user: str, access_token: str) -> str:
     return f"user={user}\x01auth=Bearer {access_token}\x01\x01"
 
 
+class XOAuth2Answer:
+    """The SASL callback smtplib's `auth()` and imaplib's `authenticate()` both take: the
+    XOAUTH2 response first, then an empty one to the error challenge a server sends when it
+    refuses the token (a JSON status, kept in `server_said` for the error message)."""
+
+    def __init__(self, user: str, access_token: str) -> None:
+        self._response = xoauth2(user, access_token)
+        self._sent = False
+        self.server_said = ""
+
+    def __call__(self, challenge: bytes | None = None) -> str:
+        if not self._sent:
+            self._sent = True
+            return self._response
+        self.server_said = " ".join((challenge or b"").decode("utf-8", "replace").split())
+        return ""
+
+    def imap(self, challenge: bytes) -> bytes:
+        """imaplib's form of the callback (bytes out)."""
+        return self(challenge).encode()
+
+
 @dataclass(frozen=True)
 class OAuth2Client:
     """Everything needed to ask the token endpoint for an access token."""

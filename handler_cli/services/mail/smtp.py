@@ -210,13 +210,15 @@ class SMTPMailer:
         if self._tokens is None:
             smtp.login(self.user or "", self._password)
             return
+        from handler_cli.services.mail.oauth2 import XOAuth2Answer
+
         offered = smtp.esmtp_features.get("auth", "").upper().split()
         if "XOAUTH2" not in offered:
             raise self._error(f"{self.host} does not offer AUTH XOAUTH2 (offers: "
                               f"{' '.join(offered) or 'no AUTH'})", transient=False)
         for attempt in (1, 2):
             token = self._tokens.token()
-            answer = _XOAuth2Answer(self.user or "", token)
+            answer = XOAuth2Answer(self.user or "", token)
             try:
                 smtp.auth("XOAUTH2", answer, initial_response_ok=True)
                 return
@@ -233,24 +235,6 @@ class SMTPMailer:
         if self._password:
             message = message.replace(self._password, "***")
         return ServiceError("smtp", message, transient=transient)
-
-
-class _XOAuth2Answer:
-    """smtplib's SASL callback: the XOAUTH2 initial response, then an empty line to the error
-    challenge a server sends on failure (it carries a JSON status, kept for the message)."""
-
-    def __init__(self, user: str, token: str) -> None:
-        self._user = user
-        self._token = token
-        self.server_said = ""
-
-    def __call__(self, challenge: bytes | None = None) -> str:
-        from handler_cli.services.mail.oauth2 import xoauth2
-
-        if challenge is None:
-            return xoauth2(self._user, self._token)
-        self.server_said = _text(challenge)
-        return ""
 
 
 def _addresses(message: EmailMessage, from_addr: str | None) -> set[str]:
