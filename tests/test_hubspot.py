@@ -244,25 +244,46 @@ def test_a_server_error_then_success_is_transparent(hs: FakeHubSpot, crm: HubSpo
     assert hs.tickets[ticket_id]["properties"]["validation_status"] == "validated"
 
 
-def test_refused_property_value_is_not_retried_and_named(hs: FakeHubSpot,
-                                                         crm: HubSpotCRM) -> None:
+def test_refused_property_value_is_named_in_french_and_not_retried(
+        hs: FakeHubSpot, crm: HubSpotCRM) -> None:
     ticket_id = hs.add("tickets", {"subject": "x", "hs_pipeline": "0", "hs_pipeline_stage": "1"})
 
     with pytest.raises(ServiceError) as caught:
         crm.update_ticket(ticket_id, {"validation_status": "maybe"})
 
     assert caught.value.transient is False
-    assert "validation_status" in str(caught.value) and "HTTP 400" in str(caught.value)
+    assert str(caught.value).startswith(
+        "hubspot: La propriété HubSpot « validation_status » refuse la valeur « maybe » "
+        "(INVALID_OPTION : maybe was not one of the allowed options")
+    assert "HTTP 400" in str(caught.value)  # HubSpot's own words follow, for the operator
     assert hs.count(UPDATE_TICKET) == 1
 
 
-def test_missing_custom_properties_point_to_setup(tmp_path: Path) -> None:
-    with (hubspot_server(custom_properties=False) as hs,
-          HubSpotCRM(hubspot_settings(hs, tmp_path)) as crm,
-          pytest.raises(ServiceError) as caught):
-        crm.create_ticket(draft())
+def test_a_number_property_refusing_text_names_the_property_and_the_value(
+        hs: FakeHubSpot, crm: HubSpotCRM) -> None:
+    with pytest.raises(ServiceError) as caught:
+        crm.create_ticket(draft(credits_estimes="deux"))
 
-    assert "handler-cli setup hubspot" in str(caught.value)
+    assert "La propriété HubSpot « credits_estimes » refuse la valeur « deux »" in str(
+        caught.value)
+    assert caught.value.transient is False
+    assert hs.count(CREATE_TICKET) == 1 and hs.tickets == {}
+
+
+def test_a_portal_validation_rule_is_a_permanent_error_naming_the_property(
+        hs: FakeHubSpot, crm: HubSpotCRM) -> None:
+    # 2026-09 applies the rules an admin set in HubSpot to API writes too.
+    hs.require("tickets", "hs_ticket_category", when=("hs_ticket_priority", "HIGH"))
+    crm.create_ticket(draft("req_medium"))  # the rule does not apply
+
+    with pytest.raises(ServiceError) as caught:
+        crm.create_ticket(TicketDraft("req_high", "Sujet", "Texte", "HIGH", None))
+
+    assert caught.value.transient is False
+    assert ("La propriété HubSpot « hs_ticket_category » est exigée par une règle de "
+            "validation du portail (REQUIRED_PROPERTY : hs_ticket_category is required)") in str(
+        caught.value)
+    assert hs.count(CREATE_TICKET) == 2
 
 
 def test_wrong_token_is_refused_once_with_a_hint(hs: FakeHubSpot, tmp_path: Path) -> None:
@@ -332,6 +353,8 @@ def test_note_whose_answer_was_lost_is_not_added_twice(hs: FakeHubSpot,
 
     assert len(hs.notes) == 1
     assert hs.count(CREATE_NOTE) == 1
+    # found again through the ticket's notes, read with the batch associations call
+    assert hs.calls("read associations tickets->notes")[0].body == {"inputs": [{"id": ticket_id}]}
 
 
 def test_log_email_records_one_engagement_on_the_ticket(hs: FakeHubSpot,
@@ -600,3 +623,21 @@ def test_our_own_emails_are_never_read_again_by_the_poll(hs: FakeHubSpot,
     again = HubSpotCRM(crm.settings, timeout=2.0)  # a later poll, a new process
     assert again.incoming_emails(tickets, set()) == {t: [] for t in tickets}
     assert hs.count(EMAILS_READ) == 1
+
+
+def test_batch_answers_with_errors_are_200_and_only_real_problems_are_logged(
+        hs: FakeHubSpot, crm: HubSpotCRM, caplog: pytest.LogCaptureFixture) -> None:
+    quiet = hs.add("tickets", {"subject": "no e-mail yet"})
+
+    assert crm.incoming_emails([quiet], set()) == {quiet: []}
+    (read,) = hs.calls(ASSOCIATIONS_READ)
+    assert read.status == 200  # the 2026-09 specs list no 207: `errors` come with a 200
+    assert "hubspot" not in caplog.text
+
+    hs.fail_next(ASSOCIATIONS_READ, status=200, policy=None, body={
+        "status": "COMPLETE", "results": [], "startedAt": "2026-11-01T00:00:00Z",
+        "completedAt": "2026-11-01T00:00:01Z", "numErrors": 1, "errors": [{
+            "status": "error", "category": "INTERNAL_ERROR", "message": "shard unavailable",
+            "context": {}, "errors": [], "links": {}}]})
+    assert crm.incoming_emails([quiet], set()) == {quiet: []}
+    assert "INTERNAL_ERROR shard unavailable" in caplog.text

@@ -42,8 +42,7 @@ CLIENT_OPERATIONS = {
     "create e-mail",
     "batch read e-mails",
     "read associations tickets->emails",
-    "list ticket associations to notes",
-    "list ticket associations to emails",
+    "read associations tickets->notes",
     "list ticket properties",
     "create ticket property",
     "update ticket property",
@@ -109,14 +108,17 @@ def test_a_full_tour_of_the_client_stays_within_hubspots_specs(tmp_path: Path) -
                for r in hs.calls("read associations tickets->emails"))
 
 
-def test_the_specs_are_hubspots_openapi_files() -> None:
-    files = sorted(p.name for p in SPECS_DIR.glob("*.json"))
-    assert files == ["associations-v4.json", "contacts.json", "emails.json", "pipelines.json",
-                     "properties.json", "tickets.json"]
+def test_the_specs_are_hubspots_2026_09_openapi_files() -> None:
+    files = sorted(p.relative_to(SPECS_DIR).as_posix() for p in SPECS_DIR.rglob("*.json"))
+    assert files == [f"2026-09/{n}.json" for n in (
+        "account-info", "associations", "contacts", "emails", "notes", "pipelines",
+        "properties", "tickets")]
     for name in files:
         _, raw = _spec(name)
         assert raw["openapi"] == "3.0.1"
         assert raw["servers"] == [{"url": "https://api.hubapi.com"}]
+        assert raw["info"]["version"] == "2026-09"
+        assert all("/2026-09/" in path for path in raw["paths"])
 
 
 def _request(method: str, path: str, query: tuple[tuple[str, str], ...] = (),
@@ -125,35 +127,50 @@ def _request(method: str, path: str, query: tuple[tuple[str, str], ...] = (),
     return Recorded(method, path, list(query), raw, {"content-type": "application/json"}, 0.0)
 
 
+OBJECTS = "/crm/objects/2026-09"
+
+
 @pytest.mark.parametrize(("request_", "reason"), [
-    (_request("POST", "/crm/v3/objects/tickets", body={"properties": {"subject": "x"}}),
+    (_request("POST", f"{OBJECTS}/tickets", body={"properties": {"subject": "x"}}),
      "'associations' is a required property"),
-    (_request("POST", "/crm/v3/objects/tickets",
+    (_request("POST", f"{OBJECTS}/tickets",
               body={"properties": {"credits_estimes": 2}, "associations": []}),
      "2 is not of type 'string'"),
-    (_request("POST", "/crm/v3/objects/notes", body={"properties": {"hs_note_body": "x"}}),
+    (_request("POST", f"{OBJECTS}/notes", body={"properties": {"hs_note_body": "x"}}),
      "'associations' is a required property"),
-    (_request("POST", "/crm/v3/objects/tickets/search",
+    (_request("POST", f"{OBJECTS}/tickets/search",
               body={"filterGroups": [], "limit": 200}),
      "'after' is a required property"),
-    (_request("POST", "/crm/v3/objects/tickets/search",
+    (_request("POST", f"{OBJECTS}/tickets/search",
               body={"filterGroups": [], "limit": 200, "after": "0", "properties": [],
                     "sorts": [{"propertyName": "hs_object_id", "direction": "ASCENDING"}]}),
      "is not of type 'string'"),
-    (_request("POST", "/crm/v3/objects/emails/batch/read",
+    (_request("POST", f"{OBJECTS}/emails/batch/read",
               body={"inputs": [{"id": "1"}], "properties": []}),
      "'propertiesWithHistory' is a required property"),
-    (_request("POST", "/crm/v3/properties/tickets",
+    (_request("POST", "/crm/associations/2026-09/tickets/emails/batch/read",
+              body={"inputs": [{"after": "500"}]}),
+     "'id' is a required property"),
+    (_request("POST", "/crm/properties/2026-09/tickets",
               body={"name": "x", "label": "x", "type": "text", "fieldType": "text",
                     "groupName": "handler_cli"}),
      "'text' is not one of"),
-    (_request("GET", "/crm/v3/objects/tickets/1", query=(("idProprety", "x"),)),
+    (_request("POST", f"{OBJECTS}/contacts/gdpr-delete", body={"idProperty": "email"}),
+     "'objectId' is a required property"),
+    (_request("GET", f"{OBJECTS}/tickets/1", query=(("idProprety", "x"),)),
      "query parameters not in the spec: ['idProprety']"),
-    (_request("GET", "/crm/v3/objects/deals/1"), "no HubSpot spec describes this path"),
-    (_request("DELETE", "/crm/v4/associations/tickets/emails/batch/read"),
-     "not an operation of associations-v4.json"),
-    (_request("GET", "/account-info/v3/details", query=(("portalId", "1"),)),
-     "expected no body and no query"),
+    (_request("GET", "/account-info/2026-09/details", query=(("portalId", "1"),)),
+     "query parameters not in the spec: ['portalId']"),
+    (_request("GET", f"{OBJECTS}/tickets/1", body={"properties": {}}),
+     "a body, where the operation takes none"),
+    (_request("GET", "/crm/pipelines/2026-09/tickets/0", query=(("archived", "false"),)),
+     "query parameters not in the spec: ['archived']"),
+    (_request("GET", f"{OBJECTS}/deals/1"), "no HubSpot spec describes deals"),
+    (_request("POST", "/crm/v3/objects/tickets", body={"properties": {}, "associations": []}),
+     "create ticket through API v3, not 2026-09"),
+    (_request("GET", "/account-info/v3/details"), "account details through API v3"),
+    (_request("DELETE", "/crm/associations/2026-09/tickets/emails/batch/read"),
+     "no HubSpot spec describes this path"),
 ], ids=lambda v: v.path if isinstance(v, Recorded) else "")
 def test_the_contract_check_catches_what_the_specs_forbid(request_: Recorded,
                                                           reason: str) -> None:
@@ -168,7 +185,7 @@ def test_the_stand_in_fails_a_test_whose_client_breaks_the_contract() -> None:
           hubspot_server() as hs):
         # HubSpot itself would take this (the stand-in does), but the spec requires
         # `associations`: the stand-in reports it when it stops.
-        httpx.post(f"{hs.url}/crm/v3/objects/tickets", timeout=5.0,
+        httpx.post(f"{hs.url}/crm/objects/2026-09/tickets", timeout=5.0,
                    headers={"Authorization": f"Bearer {DEFAULT_TOKEN}"},
                    json={"properties": {"subject": "x", "hs_pipeline_stage": "1"}})
 

@@ -296,6 +296,9 @@ class FakeHubSpot:
                                               "displayOrder": -1, "archived": False}}}
         self.pipelines: dict[str, dict[str, tuple[str, ...]]] = {
             "tickets": dict(TICKET_STAGES)}
+        # Validation rules an admin configured (enforced on 2026-09 writes only): object type
+        # -> [(property, (other property, value) that makes it required, or None: always)]
+        self.rules: dict[str, list[tuple[str, tuple[str, str] | None]]] = {}
         self.blocklist: set[str] = set()  # e-mail addresses a GDPR delete blocklisted
         self.gdpr_deleted: list[str] = []  # contact ids, in order
         self.requests: list[Recorded] = []
@@ -432,6 +435,12 @@ class FakeHubSpot:
                                                   "displayOrder": -1, "archived": False}
         for spec in TICKET_PROPERTIES:
             self._create_property("tickets", spec.body())
+
+    def require(self, object_type: str, name: str, *,
+                when: tuple[str, str] | None = None) -> None:
+        """An admin's validation rule: `name` required (when `when[0]` is `when[1]`)."""
+        with self.lock:
+            self.rules.setdefault(object_type, []).append((name, when))
 
     def add(self, object_type: str, properties: dict[str, Any],
             associations: Sequence[tuple[str, str, int]] = ()) -> str:
@@ -613,10 +622,28 @@ class FakeHubSpot:
                         f'{name}="{value}" already exists. Existing ID: {other["id"]}',
                         "CONFLICT")
 
+    def _enforce_rules(self, record: Recorded, ot: str, properties: dict[str, str],
+                       current: dict[str, Any] | None = None) -> None:
+        """2026-09 applies the portal's validation rules to API writes (changelog, 2026)."""
+        operation = record.operation
+        if operation is None or operation.version != "2026-09":
+            return
+        merged = {**(current or {}), **properties}
+        for name, when in self.rules.get(ot, []):
+            if when is not None and merged.get(when[0]) != when[1]:
+                continue
+            if merged.get(name) in (None, ""):
+                raise ApiError(
+                    400, f"Property {name} is required by a validation rule of this account",
+                    "VALIDATION_ERROR", errors=[{
+                        "message": f"{name} is required", "code": "REQUIRED_PROPERTY",
+                        "context": {"propertyName": [name]}}])
+
     def _create(self, record: Recorded, body: Any, ot: str) -> tuple[int, Any]:
         if not isinstance(body, dict) or not isinstance(body.get("properties"), dict):
             raise ApiError(400, "Invalid input JSON: properties is required", "VALIDATION_ERROR")
         properties = {k: "" if v is None else str(v) for k, v in body["properties"].items()}
+        self._enforce_rules(record, ot, properties)
         if ot == "contacts" and properties.get("email"):
             existing = self._find_by("contacts", "email", properties["email"])
             if existing is not None:
@@ -708,6 +735,7 @@ class FakeHubSpot:
         if not isinstance(body, dict) or not isinstance(body.get("properties"), dict):
             raise ApiError(400, "Invalid input JSON: properties is required", "VALIDATION_ERROR")
         properties = {k: "" if v is None else str(v) for k, v in body["properties"].items()}
+        self._enforce_rules(record, ot, properties, obj["properties"])
         if ot == "tickets":
             self._check_ticket_properties(
                 {**properties, "hs_pipeline": obj["properties"].get("hs_pipeline", "0")}
@@ -715,6 +743,12 @@ class FakeHubSpot:
         obj["properties"].update(properties)
         obj["properties"]["hs_lastmodifieddate"] = obj["updatedAt"] = _now()
         return 200, self._view(ot, obj, None)
+
+    @staticmethod
+    def _partial(record: Recorded) -> int:
+        """A batch answer with errors: 207 on v3/v4; the 2026-09 specs list 200 only."""
+        operation = record.operation
+        return 200 if operation is not None and operation.version == "2026-09" else 207
 
     def _batch_read(self, record: Recorded, body: Any, ot: str) -> tuple[int, Any]:
         inputs = (body or {}).get("inputs") or []
@@ -739,7 +773,7 @@ class FakeHubSpot:
                 "message": f"Could not get some {ot} objects, they may be deleted or not exist. "
                            "Check that ids are valid.",
                 "context": {"ids": missing}, "errors": [], "links": {}}]
-            return 207, answer
+            return self._partial(record), answer
         return 200, answer
 
     # -- search ---------------------------------------------------------------------------
@@ -832,7 +866,7 @@ class FakeHubSpot:
                                   "startedAt": started, "completedAt": _now()}
         if errors:
             answer.update(errors=errors, numErrors=len(errors))
-            return 207, answer
+            return self._partial(record), answer
         return 200, answer
 
     def _type_id(self, from_type: str, from_id: str, to_type: str, to_id: str) -> int:
@@ -975,19 +1009,16 @@ def hubspot_peer() -> Iterator[FakeHubSpot]:
 
 # -- the contract: HubSpot's published OpenAPI specs ------------------------------------
 
-# Which spec file describes which paths. Notes are not in the spec collection copied here;
-# they are the same generic CRM objects API as e-mails, so they are held to the e-mails spec.
-SPEC_FOR_PREFIX = (
-    ("/crm/v3/objects/contacts", "contacts.json", None),
-    ("/crm/v3/objects/tickets", "tickets.json", None),
-    ("/crm/v3/objects/emails", "emails.json", None),
-    ("/crm/v3/objects/notes", "emails.json", ("/crm/v3/objects/notes", "/crm/v3/objects/emails")),
-    ("/crm/v4/", "associations-v4.json", None),
-    ("/crm/v3/properties/", "properties.json", None),
-    ("/crm/v3/pipelines/", "pipelines.json", None),
-)
-# Endpoints without a spec in the collection: allowed as long as they carry no body or query.
-UNSPECIFIED = {("GET", "/account-info/v3/details")}
+SPEC_VERSION = "2026-09"
+# Which spec file describes each family of operations (object operations: one per type).
+SPEC_FILES = {"associations": "associations.json", "properties": "properties.json",
+              "pipelines": "pipelines.json", "account": "account-info.json"}
+
+
+def spec_file(operation: Operation) -> str:
+    if operation.family == "objects":
+        return f"{SPEC_VERSION}/{operation.arg('ot')}.json"
+    return f"{SPEC_VERSION}/{SPEC_FILES.get(operation.family, operation.family)}"
 
 
 @cache
@@ -1032,7 +1063,7 @@ class _SpecRequest:
 
 
 def contract_violations(requests: list[Recorded]) -> list[str]:
-    """Each request that HubSpot's OpenAPI specs do not allow, with the reason."""
+    """Each request that HubSpot's 2026-09 OpenAPI specs do not allow, with the reason."""
     from openapi_core.validation.request.validators import (
         V30RequestBodyValidator,
         V30RequestParametersValidator,
@@ -1041,26 +1072,30 @@ def contract_violations(requests: list[Recorded]) -> list[str]:
     problems = []
     for record in requests:
         where = f"{record.method} {record.path}"
-        if (record.method, record.path) in UNSPECIFIED:
-            if record.raw_body or record.query:
-                problems.append(f"{where}: expected no body and no query")
-            continue
-        spec_file, rewrite = next(((f, r) for p, f, r in SPEC_FOR_PREFIX
-                                   if record.path.startswith(p)), (None, None))
-        if spec_file is None:
+        operation = parse_operation(record.method, record.path)
+        if operation is None:
             problems.append(f"{where}: no HubSpot spec describes this path")
             continue
-        path = record.path.replace(*rewrite, 1) if rewrite else record.path
-        api, raw = _spec(spec_file)
-        op = _operation(raw, record.method, unquote(path))
+        if operation.version != SPEC_VERSION:
+            problems.append(f"{where}: {operation.name} through API {operation.version}, "
+                            f"not {SPEC_VERSION}")
+            continue
+        name = spec_file(operation)
+        if not (SPECS_DIR / name).is_file():
+            problems.append(f"{where}: no HubSpot spec describes {operation.arg('ot')}")
+            continue
+        api, raw = _spec(name)
+        op = _operation(raw, record.method, unquote(record.path))
         if op is None:
-            problems.append(f"{where}: not an operation of {spec_file}")
+            problems.append(f"{where}: not an operation of {name}")
             continue
         declared = {p.get("name") for p in op["parameters"] if p.get("in") == "query"}
         unknown = sorted({k for k, _ in record.query} - declared)
         if unknown:
             problems.append(f"{where}: query parameters not in the spec: {unknown}")
-        request = _SpecRequest(record, path)
+        if record.raw_body and "requestBody" not in op:
+            problems.append(f"{where}: a body, where the operation takes none")
+        request = _SpecRequest(record, record.path)
         for validator in (V30RequestParametersValidator, V30RequestBodyValidator):
             for error in validator(api.spec).iter_errors(request):
                 cause = error.__cause__ or error

@@ -30,8 +30,8 @@ from handler_cli.services.crm.hubspot.api import (
     SERVICE,
     TIMEOUT_SECONDS,
     HubSpotAPI,
-    error_body,
 )
+from handler_cli.services.crm.hubspot.errors import error_body
 from handler_cli.services.crm.hubspot.memo import AccountCache, NotFromClient
 from handler_cli.services.crm.hubspot.paths import (
     CONTACTS,
@@ -189,7 +189,7 @@ class HubSpotCRM:
     # -- notes and the e-mail log ---------------------------------------------------------
 
     def _find_note(self, ticket_id: str, body: str, timestamp: str) -> str | None:
-        ids = self.api.associated_one(TICKETS, ticket_id, NOTES)
+        ids = self.api.associated(TICKETS, NOTES, [ticket_id]).get(str(ticket_id), [])
         for note in self.api.batch_read(NOTES, ids, ("hs_note_body", "hs_timestamp")):
             props = note.get("properties") or {}
             if props.get("hs_note_body") == body and (
@@ -205,7 +205,7 @@ class HubSpotCRM:
                         recover=lambda: self._find_note(ticket_id, body, timestamp))
 
     def _find_email(self, ticket_id: str, message_id: str) -> str | None:
-        ids = self.api.associated_one(TICKETS, ticket_id, EMAILS)
+        ids = self.api.associated(TICKETS, EMAILS, [ticket_id]).get(str(ticket_id), [])
         for email in self.api.batch_read(EMAILS, ids, ("hs_email_headers",)):
             if wire.message_id(email) == message_id:
                 return str(email["id"])

@@ -25,6 +25,13 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 
 from handler_cli.services import ServiceError
 from handler_cli.services.crm.hubspot import paths
+from handler_cli.services.crm.hubspot.errors import (
+    describe_error,
+    error_body,
+    property_refusals,
+    refusal_in_french,
+    sent_properties,
+)
 
 log = logging.getLogger("handler_cli")
 
@@ -52,24 +59,18 @@ class _Transient(Exception):
         self.retry_after = retry_after
 
 
-def error_body(resp: httpx.Response) -> dict[str, Any]:
-    """HubSpot's error JSON (`message`, `category`, `correlationId`, ...), or {}."""
-    try:
-        body = resp.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
+# What a batch read reports in `errors` for inputs that simply have nothing to give: the
+# 2026-09 specs list only 200 for batch reads (v3/v4 answered 207 with the same `errors`).
+_NOTHING_TO_READ = ("NO_ASSOCIATIONS_FOUND", "OBJECT_NOT_FOUND")
 
 
-def describe_error(method: str, path: str, resp: httpx.Response) -> str:
-    """`POST /x: HTTP 400 VALIDATION_ERROR: <HubSpot's message> (correlationId ...)`."""
-    body = error_body(resp)
-    message = str(body.get("message") or resp.text[:200].strip() or resp.reason_phrase)
-    category = body.get("category") or body.get("errorType") or ""
-    text = f"{method} {path}: HTTP {resp.status_code}{' ' + category if category else ''}: {message}"
-    if body.get("correlationId"):
-        text += f" (correlationId {body['correlationId']})"
-    return text
+def batch_problems(data: dict[str, Any], what: str) -> None:
+    """Log the errors of a batch answer that are more than "nothing there" (200 or 207)."""
+    for error in data.get("errors") or []:
+        kind = f"{error.get('category', '')} {error.get('subCategory', '')}"
+        if not any(expected in kind for expected in _NOTHING_TO_READ):
+            log.warning("hubspot: %s: %s %s", what, error.get("category", "?"),
+                        error.get("message", ""))
 
 
 def chunks(items: Sequence[T], size: int) -> Iterator[list[T]]:
@@ -194,14 +195,26 @@ class HubSpotAPI:
         raise self.refused(method, path, resp)
 
     def refused(self, method: str, path: str, resp: httpx.Response) -> ServiceError:
-        """A 4xx HubSpot will answer the same way next time: not worth retrying."""
+        """A 4xx HubSpot will answer the same way next time: not worth retrying.
+
+        A refused property value is said first, in French, for the admin who reads the
+        request's errors; HubSpot's own text follows for the operator.
+        """
         text = describe_error(method, path, resp)
         if resp.status_code == 401:
             text += " — check HUBSPOT_ACCESS_TOKEN"
         elif resp.status_code == 403:
             text += " — the private app lacks a scope"
-        elif resp.status_code == 400 and any(n in text for n in self._own_properties):
-            text += " — are the custom ticket properties there? run `handler-cli setup hubspot`"
+        elif resp.status_code == 400:
+            refusals = property_refusals(error_body(resp))
+            if refusals:
+                sent = sent_properties(resp.request)
+                french = "; ".join(refusal_in_french(r, sent, self._own_properties)
+                                   for r in refusals)
+                text = f"{french}. — {text}"
+            elif any(n in text for n in self._own_properties):
+                text += (" — are the custom ticket properties there? run "
+                         "`handler-cli setup hubspot`")
         return ServiceError(SERVICE, text, transient=False)
 
     def json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -255,6 +268,7 @@ class HubSpotAPI:
                 "inputs": [{"id": i} for i in chunk], "properties": wanted,
                 "propertiesWithHistory": [],
             })
+            batch_problems(data, f"{object_type} batch read")
             found += data.get("results") or []
         return found
 
@@ -298,7 +312,7 @@ class HubSpotAPI:
             for chunk in chunks(pending, ASSOCIATIONS_BATCH):
                 data = self.json("POST", paths.associations_batch_read(from_type, to_type),
                                  body={"inputs": chunk})
-                # Objects without associations come back in `errors` (HTTP 207): none to read.
+                batch_problems(data, f"{from_type} -> {to_type} associations")
                 for result in data.get("results") or []:
                     source = str(result["from"]["id"])
                     found.setdefault(source, []).extend(
@@ -308,21 +322,6 @@ class HubSpotAPI:
                         follow.append({"id": source, "after": after})
             pending = follow
         return found
-
-    def associated_one(self, object_type: str, object_id: str, to_type: str) -> list[str]:
-        """Ids of the `to_type` objects of one object (paged)."""
-        ids: list[str] = []
-        after: str | None = None
-        while True:
-            params: dict[str, Any] = {"limit": 500}
-            if after:
-                params["after"] = after
-            page = self.json("GET", paths.object_associations(object_type, object_id, to_type),
-                             params=params)
-            ids += [str(r["toObjectId"]) for r in page.get("results") or []]
-            after = next_after(page)
-            if not after:
-                return ids
 
     # -- properties and account -----------------------------------------------------------
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-OBJECTS_VERSION = "v3"  # objects, properties, account-info
-ASSOCIATIONS_VERSION = "v4"
+# HubSpot's date-based API (changelog, September 2026): `/crm/v4` support ends on 30 March
+# 2027 and `/crm/v3` in September 2027; `2026-09` also enforces the portal's validation
+# rules on writes. Specs: HubSpot/HubSpot-public-api-spec-collection, PublicApiSpecs/*/2026-09.
+API_VERSION = "2026-09"
 
 # Object types, as HubSpot names them in paths.
 CONTACTS = "contacts"
@@ -24,7 +26,7 @@ TICKET_TO_CONTACT = 16
 EMAIL_TO_TICKET = 224  # ticket -> email is 223; an e-mail created with its ticket is 224
 NOTE_TO_TICKET = 228
 
-ACCOUNT_DETAILS = f"/account-info/{OBJECTS_VERSION}/details"
+ACCOUNT_DETAILS = f"/account-info/{API_VERSION}/details"
 
 
 def _segment(value: object, safe: str = "") -> str:
@@ -33,7 +35,7 @@ def _segment(value: object, safe: str = "") -> str:
 
 
 def objects(object_type: str) -> str:
-    return f"/crm/{OBJECTS_VERSION}/objects/{object_type}"
+    return f"/crm/objects/{API_VERSION}/{object_type}"
 
 
 def object_path(object_type: str, object_id: str, *, safe: str = "") -> str:
@@ -49,17 +51,16 @@ def search(object_type: str) -> str:
     return f"{objects(object_type)}/search"
 
 
+def gdpr_delete(object_type: str) -> str:
+    return f"{objects(object_type)}/gdpr-delete"
+
+
 def associations_batch_read(from_type: str, to_type: str) -> str:
-    return f"/crm/{ASSOCIATIONS_VERSION}/associations/{from_type}/{to_type}/batch/read"
-
-
-def object_associations(object_type: str, object_id: str, to_type: str) -> str:
-    return (f"/crm/{ASSOCIATIONS_VERSION}/objects/{object_type}/{_segment(object_id)}"
-            f"/associations/{to_type}")
+    return f"/crm/associations/{API_VERSION}/{from_type}/{to_type}/batch/read"
 
 
 def properties(object_type: str) -> str:
-    return f"/crm/{OBJECTS_VERSION}/properties/{object_type}"
+    return f"/crm/properties/{API_VERSION}/{object_type}"
 
 
 def property_path(object_type: str, name: str) -> str:
@@ -72,3 +73,7 @@ def property_groups(object_type: str) -> str:
 
 def property_group(object_type: str, name: str) -> str:
     return f"{property_groups(object_type)}/{_segment(name)}"
+
+
+def pipeline(object_type: str, pipeline_id: str) -> str:
+    return f"/crm/pipelines/{API_VERSION}/{object_type}/{_segment(pipeline_id)}"
