@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -20,3 +21,26 @@ def connect(path: Path, schema: str = "") -> sqlite3.Connection:
     if schema:
         db.executescript(schema)
     return db
+
+
+def add_columns(db: sqlite3.Connection, table: str, columns: dict[str, str]) -> set[str]:
+    """Bring a file written by an older version up to date (columns added since); the names
+    of the columns it added."""
+    present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    added = set()
+    for name, decl in columns.items():
+        if name not in present:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+            added.add(name)
+    return added
+
+
+def delete_in(db: sqlite3.Connection, table: str, column: str, values: Sequence[str]) -> int:
+    """DELETE the rows whose `column` is one of `values` (in chunks under SQLite's limit of
+    bound variables); how many."""
+    removed = 0
+    for start in range(0, len(values), 500):
+        chunk = list(values[start:start + 500])
+        removed += db.execute(f"DELETE FROM {table} WHERE {column} IN"
+                              f" ({', '.join('?' * len(chunk))})", chunk).rowcount
+    return removed

@@ -143,7 +143,7 @@ class RequestRunner:
         """A new request from an address whose data was erased (`handler-cli forget`) is held
         in the dead letter, untouched, for a person to decide: it may be a replayed webhook,
         or the client coming back (then `forget --lift` and `requests retry`)."""
-        when = ctx.storage.is_forgotten(doc.user_email)
+        when = ctx.storage.forgotten.forgotten_at(doc.user_email)
         if when is None:
             return False
         self._save(rec, RequestStatus.FAILED, None, {}, due_at=None, last_error=(

@@ -1,19 +1,23 @@
 """Where an installation keeps its durable state: the ports, the data dir's map, the chooser.
 
-Four stores make the state of an installation: the **request store** (what the webhook
+Five stores make the state of an installation: the **request store** (what the webhook
 accepted, with leases, retries and attempt history), the **documents** (the latest copy of
 every request, saved by compare-and-set so a save never goes back in time), the **effects**
-of the ledger (claimed before they are done, `handler_cli.ledger`) and the poll's
-**journal**. A backend provides all four: `sqlite.py`, the embedded default (files in the
-data dir), or `postgres.py`, one PostgreSQL shared by every machine of a scaled-out
-installation (`HANDLER_DATABASE_URL`), which also carries huey's queue. `open_storage`
-is the one place that picks one, importing the backend inside its branch so psycopg is
-loaded only where used. Operators: docs/production.md, "Durability" and "Scaled-out mode".
+of the ledger (claimed before they are done, `handler_cli.ledger`), the poll's **journal**,
+and the **forgotten** addresses (keyed hashes, `handler-cli forget`). A backend provides
+all five, one module per store: `sqlite/`, the embedded default (files in the data dir), or
+`postgres/`, one PostgreSQL shared by every machine of a scaled-out installation
+(`HANDLER_DATABASE_URL`), which also carries huey's queue. `open_storage` is the one place
+that picks one, importing the backend inside its branch so psycopg is loaded only where
+used. Retention and forgetting across these stores and the local files:
+`handler_cli.retention`. Operators: docs/production.md, "Durability", "Scaled-out mode" and
+"Personal data".
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -31,6 +35,8 @@ if TYPE_CHECKING:
     from handler_cli.poll.journal import PollJournal
 
 BUSY_TIMEOUT_MS = 30_000  # how long an SQLite writer waits for another's lock
+# Document statuses that wait on someone (the client, the admin): never pruned, however old.
+WAITING_STATUSES = ("pending_credits", "pending_info", "pending_admin")
 
 
 class StoreBusy(Exception):
@@ -47,9 +53,20 @@ class StaleDocument(ServiceError):
         self.request_id = request_id
 
 
-def email_hash(email: str, salt: str) -> str:
-    """How a forgotten address is remembered: salted (per installation), never in clear."""
-    return hashlib.sha256(f"{salt}:{email.strip().lower()}".encode()).hexdigest()
+def email_hash(email: str, key: str) -> str:
+    """How a forgotten address is remembered: HMAC-SHA256 under a key of the installation
+    (kept in its store), never in clear; the address is compared case-insensitively."""
+    return hmac.new(key.encode(), email.strip().lower().encode(), hashlib.sha256).hexdigest()
+
+
+def adopt(doc: Document, stored: Document) -> None:
+    """Make `doc` the stored copy in place (callers hold `doc`, e.g. the CLI that prints it)."""
+    for name in type(doc).model_fields:
+        setattr(doc, name, getattr(stored, name))
+    if stored.model_extra is not None and doc.model_extra is not None:
+        doc.model_extra.clear()
+        doc.model_extra.update(stored.model_extra)
+    doc._revision = stored._revision
 
 
 @dataclass
@@ -168,6 +185,20 @@ class DocumentStore(Protocol):
     def close(self) -> None: ...
 
 
+class ForgottenAddresses(Protocol):
+    """Addresses whose data was erased (`handler-cli forget`), as keyed hashes: a request
+    from one is held for a person to decide instead of quietly bringing the data back."""
+
+    def remember(self, email: str, at: float) -> None: ...
+    def forgotten_at(self, email: str) -> float | None:
+        """When this address was forgotten, or None."""
+        ...
+    def lift(self, email: str) -> bool:
+        """The client came back and asked us to work for them again; True if it was there."""
+        ...
+    def close(self) -> None: ...
+
+
 class Storage(Protocol):
     """All the durable state of an installation, on one backend."""
 
@@ -182,6 +213,8 @@ class Storage(Protocol):
     def effects(self) -> EffectStore: ...
     @property
     def journal(self) -> PollJournal: ...
+    @property
+    def forgotten(self) -> ForgottenAddresses: ...
 
     def describe(self) -> str: ...
     def finished_before(self, cutoff: float) -> list[str]:
@@ -194,11 +227,6 @@ class Storage(Protocol):
         """Delete these requests from every store: records and their keys, documents,
         effects, journal entries."""
         ...
-    def remember_forgotten(self, email: str, at: float) -> None: ...
-    def is_forgotten(self, email: str) -> float | None:
-        """When this address was forgotten, or None."""
-        ...
-    def lift_forgotten(self, email: str) -> bool: ...
     def poll_lock(self) -> AbstractContextManager[str | None]:
         """Held while a poll runs: None when we hold it, else who does."""
         ...

@@ -1,0 +1,90 @@
+"""The shared poll journal: `handler_replies` (the poll's side: handler_cli.poll.journal)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from handler_cli.storage.postgres.connections import Connections
+
+if TYPE_CHECKING:
+    from handler_cli.poll.journal import Begun
+    from handler_cli.replies import Reply
+
+
+class PostgresJournal:
+    """`PollJournal` in `handler_replies` (see handler_cli.poll.journal)."""
+
+    def __init__(self, db: Connections) -> None:
+        self.db = db
+
+    def begin(self, entry: Begun, at: datetime) -> None:
+        reply, reading = entry.reply, entry.reading
+        self.db.conn().execute(
+            "INSERT INTO handler_replies (ticket_id, reply_key, crm_id, source, request_id,"
+            " state, intent, confiance, method, action, forward, text, reply, started_at)"
+            " VALUES (%s, %s, %s, %s, %s, 'acting', %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (ticket_id, reply_key) DO NOTHING",
+            (reply.ticket_id, reply.key, reply.crm_id, reply.source, entry.request_id,
+             reading.intent, reading.confiance, reading.method, entry.action, entry.forward,
+             entry.text, reply.to_json(), at.isoformat()))
+
+    def finish(self, reply: Reply, at: datetime) -> None:
+        self.db.conn().execute(
+            "UPDATE handler_replies SET state = 'done', handled_at = %s WHERE ticket_id = %s"
+            " AND reply_key = %s", (at.isoformat(), reply.ticket_id, reply.key))
+
+    def park(self, entry: Begun, error: str, at: datetime) -> None:
+        reply, reading = entry.reply, entry.reading
+        self.db.conn().execute(
+            "INSERT INTO handler_replies (ticket_id, reply_key, crm_id, source, request_id,"
+            " state, intent, confiance, method, action, forward, text, reply, started_at,"
+            " error) VALUES (%s, %s, %s, %s, %s, 'failed', %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (ticket_id, reply_key) DO UPDATE SET state = 'failed',"
+            " error = excluded.error",
+            (reply.ticket_id, reply.key, reply.crm_id, reply.source, entry.request_id,
+             reading.intent, reading.confiance, reading.method, entry.action, entry.forward,
+             entry.text, reply.to_json(), at.isoformat(), error))
+
+    def retry_failed(self) -> int:
+        from handler_cli.poll.journal import UNREAD
+
+        with self.db.transaction() as conn:
+            resumed = conn.execute(
+                "UPDATE handler_replies SET state = 'acting', error = NULL"
+                " WHERE state = 'failed' AND action != %s", (UNREAD,)).rowcount
+            forgotten = conn.execute(
+                "DELETE FROM handler_replies WHERE state = 'failed' AND action = %s",
+                (UNREAD,)).rowcount
+        return resumed + forgotten
+
+    def unfinished(self) -> list[Begun]:
+        from handler_cli.poll.decide import Reading
+        from handler_cli.poll.journal import Begun
+        from handler_cli.replies import Reply
+
+        rows = self.db.conn().execute(
+            "SELECT reply, request_id, action, intent, confiance, method, text, forward"
+            " FROM handler_replies WHERE state = 'acting' ORDER BY started_at").fetchall()
+        return [Begun(Reply.from_json(r[0]), r[1], r[2], Reading(r[3], r[4], r[5]), r[6],
+                      bool(r[7])) for r in rows]
+
+    def rows(self, ticket_ids: Sequence[str]) -> list[tuple[str, str, str | None, str]]:
+        found = self.db.conn().execute(
+            "SELECT ticket_id, reply_key, crm_id, started_at FROM handler_replies"
+            " WHERE ticket_id = ANY(%s)", (list(ticket_ids),)).fetchall()
+        return [(r[0], r[1], r[2], r[3]) for r in found]
+
+    def actions(self, ticket_id: str) -> list[tuple[str, str, str, str]]:
+        found = self.db.conn().execute(
+            "SELECT reply_key, intent, action, state FROM handler_replies WHERE ticket_id = %s"
+            " ORDER BY started_at", (ticket_id,)).fetchall()
+        return [(r[0], r[1], r[2], r[3]) for r in found]
+
+    def remove(self, request_ids: Sequence[str]) -> int:
+        return self.db.conn().execute("DELETE FROM handler_replies WHERE request_id = ANY(%s)",
+                                      (list(request_ids),)).rowcount
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,223 @@
+"""The shared request store: `handler_requests` and `handler_idempotency` in PostgreSQL.
+
+Every change that must be atomic is one statement or one transaction (row locks,
+`INSERT … ON CONFLICT`); commits are durable (PostgreSQL's default `synchronous_commit=on`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from handler_cli.intake.records import (
+    KEY_WINDOW,
+    PAYLOAD_WINDOW,
+    Accepted,
+    NewRequest,
+    RequestRecord,
+    RequestStatus,
+    past_attempt,
+)
+from handler_cli.storage.postgres.connections import Connections
+
+CLOCK_SKEW = 1.0  # between machines: a due request is claimable this long before its time
+_COLUMNS = ("request_id", "status", "document", "steps", "attempts", "created_at", "updated_at",
+            "due_at", "lease_owner", "lease_until", "last_error", "idempotency_key", "history")
+_LIGHT = tuple(c for c in _COLUMNS if c != "document")
+_OPEN = tuple(str(s) for s in (RequestStatus.QUEUED, RequestStatus.RUNNING,
+                               RequestStatus.RETRYING))
+FINISHED = (str(RequestStatus.DONE), str(RequestStatus.FAILED))
+
+
+def _record(row: Sequence[Any], columns: Sequence[str] = _COLUMNS) -> RequestRecord:
+    values = dict(zip(columns, row, strict=True))
+    values["steps"] = json.loads(values.get("steps") or "{}")
+    values["history"] = json.loads(values.get("history") or "[]")
+    return RequestRecord(**values)
+
+
+class PostgresRequestStore:
+    """`RequestStore` in `handler_requests` and `handler_idempotency`."""
+
+    accept_blocks = True  # a network round trip: the webhook calls it from a thread
+
+    def __init__(self, db: Connections) -> None:
+        self.db = db
+
+    def accept_now(self, items: Sequence[NewRequest], now: float) -> list[Accepted]:
+        return self.accept_many(items, now)
+
+    def accept_many(self, items: Sequence[NewRequest], now: float) -> list[Accepted]:
+        """One transaction. Each submission's lookup key is taken with one INSERT … ON
+        CONFLICT (an expired key is taken over): two machines accepting the same delivery at
+        once are serialised by the key's row lock, and the second finds the first's request.
+
+        A connection that broke since its last use (the server restarted) is replaced and the
+        batch tried once more: accepting is idempotent (a batch that did commit is found by
+        its keys), so the sender gets its answer instead of a 503."""
+        try:
+            return self._accept(items, now)
+        except Exception as exc:
+            if not self.db.is_disconnection(exc):
+                raise
+        return self._accept(items, now)
+
+    def _accept(self, items: Sequence[NewRequest], now: float) -> list[Accepted]:
+        results: list[Accepted] = []
+        known: dict[str, Accepted] = {}
+        with self.db.transaction() as conn:
+            for item in items:
+                payload_key = f"payload:{item.fingerprint}"
+                lookup = item.key or payload_key
+                if lookup in known:
+                    results.append(known[lookup])
+                    continue
+                window = KEY_WINDOW if item.key else PAYLOAD_WINDOW
+                taken = conn.execute(
+                    "INSERT INTO handler_idempotency AS i (key, request_id, expires_at)"
+                    " VALUES (%s, %s, %s) ON CONFLICT (key) DO UPDATE SET"
+                    " request_id = excluded.request_id, expires_at = excluded.expires_at"
+                    " WHERE i.expires_at <= %s RETURNING request_id",
+                    (lookup, item.request_id, now + window, now)).fetchone()
+                if taken is None:
+                    prior = conn.execute(
+                        "SELECT r.request_id, r.status FROM handler_idempotency i JOIN"
+                        " handler_requests r ON r.request_id = i.request_id WHERE i.key = %s",
+                        (lookup,)).fetchone()
+                    if prior is not None:
+                        known[lookup] = Accepted(prior[0], prior[1], False)
+                        results.append(known[lookup])
+                        continue
+                    # The key points to a request removed since (prune, forget): ours now.
+                    conn.execute("UPDATE handler_idempotency SET request_id = %s,"
+                                 " expires_at = %s WHERE key = %s",
+                                 (item.request_id, now + window, lookup))
+                # The request id is the submission's identity (document.submission_id): a
+                # request stored before, whose keys have expired since, is the same request.
+                created = conn.execute(
+                    "INSERT INTO handler_requests (request_id, status, document, fingerprint,"
+                    " idempotency_key, created_at, updated_at, due_at)"
+                    " VALUES (%s, 'queued', %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+                    (item.request_id, item.document, item.fingerprint, item.key, now, now, now)
+                ).fetchone()
+                if created is None:
+                    row = conn.execute("SELECT status FROM handler_requests"
+                                       " WHERE request_id = %s", (item.request_id,)).fetchone()
+                    known[lookup] = Accepted(item.request_id, row[0] if row else "queued", False)
+                    results.append(known[lookup])
+                    continue
+                if item.key:
+                    conn.execute(
+                        "INSERT INTO handler_idempotency (key, request_id, expires_at)"
+                        " VALUES (%s, %s, %s) ON CONFLICT (key) DO UPDATE SET"
+                        " request_id = excluded.request_id, expires_at = excluded.expires_at",
+                        (payload_key, item.request_id, now + PAYLOAD_WINDOW))
+                repeat = Accepted(item.request_id, "queued", False)
+                known[lookup] = known[payload_key] = repeat
+                results.append(Accepted(item.request_id, "queued", True))
+        return results
+
+    def get(self, request_id: str) -> RequestRecord | None:
+        row = self.db.conn().execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM handler_requests WHERE request_id = %s",
+            (request_id,)).fetchone()
+        return _record(row) if row else None
+
+    def recent(self, status: str | None = None, limit: int = 50) -> list[RequestRecord]:
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM handler_requests"
+        args: tuple[Any, ...] = ()
+        if status:
+            sql, args = sql + " WHERE status = %s", (status,)
+        rows = self.db.conn().execute(sql + " ORDER BY created_at DESC LIMIT %s", (*args, limit))
+        return [_record(r) for r in rows.fetchall()]
+
+    def open_requests(self) -> list[RequestRecord]:
+        rows = self.db.conn().execute(
+            f"SELECT {', '.join(_LIGHT)} FROM handler_requests WHERE status = ANY(%s)"
+            " ORDER BY created_at", (list(_OPEN),)).fetchall()
+        return [_record(r, _LIGHT) for r in rows]
+
+    def claim(self, request_id: str, owner: str, now: float, lease_until: float
+              ) -> RequestRecord | None:
+        row = self.db.conn().execute(
+            "UPDATE handler_requests SET status = 'running', lease_owner = %s, lease_until = %s,"
+            " attempts = attempts + 1, updated_at = %s WHERE request_id = %s AND ("
+            " (status IN ('queued', 'retrying') AND coalesce(due_at, 0) <= %s)"
+            " OR (status = 'running' AND coalesce(lease_until, 0) < %s))"
+            f" RETURNING {', '.join(_COLUMNS)}",
+            (owner, lease_until, now, request_id, now + CLOCK_SKEW, now)).fetchone()
+        return _record(row) if row else None
+
+    def update_owned(self, request_id: str, owner: str, status: str, fields: dict[str, Any]
+                     ) -> bool:
+        values = {**fields, "status": str(status)}
+        if "steps" in values:
+            values["steps"] = json.dumps(values["steps"])
+        assignments = ", ".join(f"{name} = %s" for name in values)
+        cur = self.db.conn().execute(
+            f"UPDATE handler_requests SET {assignments} WHERE request_id = %s"
+            " AND status = 'running' AND lease_owner = %s",
+            (*values.values(), request_id, owner))
+        return cur.rowcount == 1
+
+    def renew(self, request_ids: Iterable[str], owner: str, lease_until: float) -> None:
+        ids = list(request_ids)
+        if ids:
+            self.db.conn().execute(
+                "UPDATE handler_requests SET lease_until = %s WHERE status = 'running'"
+                " AND lease_owner = %s AND request_id = ANY(%s)", (lease_until, owner, ids))
+
+    def requeue(self, request_id: str, now: float, allowed: Sequence[str]) -> str | None:
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                "SELECT status, attempts, last_error, steps, updated_at, history"
+                " FROM handler_requests WHERE request_id = %s FOR UPDATE",
+                (request_id,)).fetchone()
+            if row is not None and row[0] in allowed:
+                history = json.loads(row[5] or "[]")
+                history.append(past_attempt(row[0], row[1], row[2], json.loads(row[3] or "{}"),
+                                            row[4], now))
+                conn.execute(
+                    "UPDATE handler_requests SET status = 'queued', attempts = 0, due_at = %s,"
+                    " updated_at = %s, lease_owner = NULL, lease_until = NULL,"
+                    " last_error = NULL, history = %s WHERE request_id = %s",
+                    (now, now, json.dumps(history, ensure_ascii=False), request_id))
+        return str(row[0]) if row else None
+
+    def prune(self, now: float) -> None:
+        self.db.conn().execute("DELETE FROM handler_idempotency WHERE expires_at <= %s", (now,))
+
+    def ping(self, now: float) -> None:
+        self.db.conn().execute("INSERT INTO handler_probe (id, at) VALUES (1, %s)"
+                               " ON CONFLICT (id) DO UPDATE SET at = excluded.at", (now,))
+
+    def close(self) -> None:
+        self.db.close()
+
+    # retention and forgetting (handler_cli.retention)
+
+    def finished_before(self, cutoff: float) -> tuple[set[str], set[str]]:
+        """(finished and untouched since `cutoff`, to keep) request ids."""
+        conn = self.db.conn()
+        old = {r[0] for r in conn.execute(
+            "SELECT request_id FROM handler_requests WHERE status = ANY(%s) AND updated_at < %s",
+            (list(FINISHED), cutoff))}
+        keep = {r[0] for r in conn.execute(
+            "SELECT request_id FROM handler_requests WHERE NOT (status = ANY(%s))"
+            " OR updated_at >= %s", (list(FINISHED), cutoff))}
+        return old, keep
+
+    def requests_of(self, email: str) -> set[str]:
+        return {r[0] for r in self.db.conn().execute(
+            "SELECT request_id FROM handler_requests"
+            " WHERE lower(document::jsonb ->> 'user_email') = %s", (email.strip().lower(),))}
+
+    def remove(self, request_ids: Sequence[str]) -> int:
+        """Delete these requests and the idempotency keys that point to them."""
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM handler_idempotency WHERE request_id = ANY(%s)",
+                         (list(request_ids),))
+            return conn.execute("DELETE FROM handler_requests WHERE request_id = ANY(%s)",
+                                (list(request_ids),)).rowcount

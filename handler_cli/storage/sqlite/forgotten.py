@@ -1,0 +1,51 @@
+"""The embedded list of forgotten addresses: keyed hashes only, beside the requests they held."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from pathlib import Path
+
+from handler_cli.sqlite import connect
+from handler_cli.storage import email_hash
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS forgotten (email_hash TEXT PRIMARY KEY, forgotten_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class SqliteForgotten:
+    """`ForgottenAddresses` in `requests.sqlite3` (tables `forgotten` and `meta`)."""
+
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.Lock()
+        self._db = connect(path, SCHEMA)
+        with self._lock:
+            # This installation's key for the hashes, made once: a hash cannot be matched
+            # against a list of addresses without it.
+            self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('email_salt', ?)",
+                             (secrets.token_hex(32),))
+            self._salt = str(self._db.execute(
+                "SELECT value FROM meta WHERE key = 'email_salt'").fetchone()[0])
+
+    def remember(self, email: str, at: float) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO forgotten (email_hash, forgotten_at) VALUES (?, ?)"
+                             " ON CONFLICT (email_hash) DO UPDATE SET forgotten_at ="
+                             " excluded.forgotten_at", (email_hash(email, self._salt), at))
+
+    def forgotten_at(self, email: str) -> float | None:
+        with self._lock:
+            row = self._db.execute("SELECT forgotten_at FROM forgotten WHERE email_hash = ?",
+                                   (email_hash(email, self._salt),)).fetchone()
+        return float(row[0]) if row else None
+
+    def lift(self, email: str) -> bool:
+        with self._lock:
+            return self._db.execute("DELETE FROM forgotten WHERE email_hash = ?",
+                                    (email_hash(email, self._salt),)).rowcount > 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
