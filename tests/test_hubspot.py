@@ -29,7 +29,7 @@ from handler_cli.services.crm.hubspot import (
     HubSpotCRM,
     setup_properties,
 )
-from tests.fakes.hubspot import FakeHubSpot, hubspot_server
+from tests.fakes.hubspot import ALL_SCOPES, FakeHubSpot, hubspot_server
 from tests.peers import lines
 
 RETRY_BASE = 0.01  # seconds; a TEN_SECONDLY_ROLLING wait is then 10 x 0.01 = 0.1 s
@@ -293,7 +293,21 @@ def test_wrong_token_is_refused_once_with_a_hint(hs: FakeHubSpot, tmp_path: Path
 
     assert caught.value.transient is False
     assert "401" in str(caught.value) and "HUBSPOT_ACCESS_TOKEN" in str(caught.value)
+    assert "service key (Development → Keys → Service keys)" in str(caught.value)
     assert hs.count() == 1
+
+
+def test_a_missing_scope_is_named_with_where_to_add_it(tmp_path: Path) -> None:
+    scopes = {"tickets", "crm.objects.contacts.read"}  # no crm.objects.contacts.write
+    with (hubspot_server(scopes=scopes) as hs, HubSpotCRM(hubspot_settings(hs, tmp_path)) as crm,
+          pytest.raises(ServiceError) as caught):
+        crm.find_or_create_contact("marie@example.fr", "Marie", "Dupont")
+
+    assert caught.value.transient is False
+    assert "HTTP 403 MISSING_SCOPES" in str(caught.value)
+    assert ("the service key lacks the scope crm.objects.contacts.write: add it to the key in "
+            "HubSpot (Development → Keys → Service keys)") in str(caught.value)
+    assert hs.count(CREATE_CONTACT) == 1  # not retried
 
 
 def test_hubspot_down_is_a_transient_error(tmp_path: Path) -> None:
@@ -581,7 +595,8 @@ def test_setup_command_exit_codes(tmp_path: Path) -> None:
 
     unconfigured = runner.invoke(app, ["hubspot"], env=base)
     assert unconfigured.exit_code == 2
-    assert "HUBSPOT_ACCESS_TOKEN" in unconfigured.stderr
+    assert "HUBSPOT_ACCESS_TOKEN to a HubSpot service key" in unconfigured.stderr
+    assert "crm.schemas.tickets.write" in unconfigured.stderr
 
     with hubspot_server(custom_properties=False) as hs:
         first = runner.invoke(app, ["hubspot"], env={**base, **hs.environ()})
@@ -641,3 +656,18 @@ def test_batch_answers_with_errors_are_200_and_only_real_problems_are_logged(
             "context": {}, "errors": [], "links": {}}]})
     assert crm.incoming_emails([quiet], set()) == {quiet: []}
     assert "INTERNAL_ERROR shard unavailable" in caplog.text
+
+
+def test_setup_with_a_key_that_cannot_write_ticket_properties_names_the_scope(
+        tmp_path: Path) -> None:
+    from handler_cli.commands.setup import app
+
+    env = {"HANDLER_DATA_DIR": str(tmp_path), "HANDLER_ENV_FILE": str(tmp_path / "no.env"),
+           "HANDLER_RETRY_BASE_SECONDS": str(RETRY_BASE)}
+    scopes = ALL_SCOPES - {"crm.schemas.tickets.write"}
+    with hubspot_server(custom_properties=False, scopes=scopes) as hs:
+        refused = CliRunner().invoke(app, ["hubspot"], env={**env, **hs.environ()})
+
+    assert refused.exit_code == 1
+    assert "lacks the scope crm.schemas.tickets.write" in refused.stderr
+    assert hs.properties["tickets"].keys().isdisjoint(CUSTOM_PROPERTY_NAMES)

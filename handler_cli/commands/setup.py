@@ -32,11 +32,14 @@ def setup() -> None:
 def hubspot() -> None:
     """Create the `handler_cli` property group and the custom ticket properties missing."""
     from handler_cli.services import ServiceError
+    from handler_cli.services.crm.hubspot.scopes import WHERE, scope_names
 
     settings = settings_or_exit()
     if not settings.hubspot_access_token:
-        fail(ExitCode.USAGE, "HubSpot is not configured: set HUBSPOT_ACCESS_TOKEN (a private app "
-             "token with the tickets and crm.schemas.tickets.write scopes)")
+        fail(ExitCode.USAGE, "HubSpot is not configured: set HUBSPOT_ACCESS_TOKEN to a HubSpot "
+             f"service key ({WHERE}) with the scopes {', '.join(scope_names(reply_source=True))}"
+             " (sales-email-read only if replies are read from HubSpot); a legacy private-app "
+             "token works too")
 
     from handler_cli.services.crm.hubspot import HubSpotCRM
 

@@ -23,7 +23,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -57,6 +57,32 @@ SEARCH_MAX_RESULTS = 10_000
 BATCH_READ_MAX = 100
 ASSOCIATIONS_BATCH_MAX = 1000
 ASSOCIATIONS_PAGE = 500
+
+# The scopes a service key can be given that matter here (a key with all of them is the
+# default), and what HubSpot requires for each operation (its scopes reference).
+ALL_SCOPES = frozenset({
+    "tickets", "crm.objects.contacts.read", "crm.objects.contacts.write",
+    "crm.schemas.tickets.read", "crm.schemas.tickets.write", "sales-email-read"})
+REDACTED = ("hs_email_text", "hs_email_html", "hs_email_subject")
+
+
+def scope_needed(record: Recorded) -> str | None:
+    """The scope HubSpot checks before an operation (None: any valid key will do)."""
+    operation = record.operation
+    if operation is None or operation.family == "account":
+        return None
+    ot, to = operation.arg("ot"), operation.arg("to")
+    if operation.family in ("associations", "object associations"):
+        return "tickets" if "tickets" in (ot, to) else "crm.objects.contacts.read"
+    if operation.family == "pipelines":
+        return "tickets"
+    if operation.family == "properties":
+        return f"crm.schemas.{ot}.{'read' if record.method == 'GET' else 'write'}"
+    if ot == "tickets":
+        return "tickets"
+    reading = record.method == "GET" or operation.name.startswith(("batch read", "search"))
+    return f"crm.objects.contacts.{'read' if reading else 'write'}"
+
 
 RATE_LIMIT_MESSAGES = {
     "TEN_SECONDLY_ROLLING": "You have reached your ten_secondly_rolling limit.",
@@ -278,8 +304,10 @@ class FakeHubSpot:
     """The server's state, what it received, and the faults scripted for the next requests."""
 
     def __init__(self, token: str = DEFAULT_TOKEN, *, custom_properties: bool = True,
-                 search_rate_limit: bool = True, ui_domain: str = "app.hubspot.com") -> None:
+                 search_rate_limit: bool = True, ui_domain: str = "app.hubspot.com",
+                 scopes: Iterable[str] = ALL_SCOPES) -> None:
         self.token = token
+        self.scopes = set(scopes)  # what the service key was given
         self.portal_id = PORTAL_ID
         self.ui_domain = ui_domain
         self.search_rate_limit = search_rate_limit
@@ -469,6 +497,17 @@ class FakeHubSpot:
                 "authentication and you can find more details at "
                 "https://developers.hubspot.com/docs/methods/auth/oauth-overview",
                 "INVALID_AUTHENTICATION").body)
+            return
+        needed = scope_needed(record)
+        if needed is not None and needed not in self.scopes:
+            record.status = 403
+            self._reply(handler, 403, ApiError(
+                403, "This app hasn't been granted all required scopes to make this call. "
+                "Read more about required scopes here: https://developers.hubspot.com/scopes.",
+                "MISSING_SCOPES", errors=[{
+                    "message": "One or more of the following scopes are required.",
+                    "context": {"requiredGranularScopes": [needed]}}],
+                links={"scopes": "https://developers.hubspot.com/scopes"}).body)
             return
         fault = self._take_fault(record)
         if fault is not None:
@@ -677,6 +716,10 @@ class FakeHubSpot:
             shown = {n: props.get(n) for n in names}
         else:
             shown = dict(props)
+        if ot == "emails" and "sales-email-read" not in self.scopes:
+            # Without the scope HubSpot redacts what an e-mail says (changelog, "New scope
+            # required to get the content of email engagements").
+            shown.update({k: None for k in REDACTED if k in shown})
         return {**obj, "properties": shown}
 
     @staticmethod
@@ -987,10 +1030,12 @@ class FakeHubSpot:
 @contextmanager
 def hubspot_server(*, token: str = DEFAULT_TOKEN, custom_properties: bool = True,
                    search_rate_limit: bool = True, ui_domain: str = "app.hubspot.com",
+                   scopes: Iterable[str] = ALL_SCOPES,
                    check_contract: bool = True) -> Iterator[FakeHubSpot]:
     """A started stand-in; on a clean exit, every request it got must match HubSpot's specs."""
     fake = FakeHubSpot(token, custom_properties=custom_properties,
-                       search_rate_limit=search_rate_limit, ui_domain=ui_domain).start()
+                       search_rate_limit=search_rate_limit, ui_domain=ui_domain,
+                       scopes=scopes).start()
     try:
         yield fake
     finally:

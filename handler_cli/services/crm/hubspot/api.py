@@ -30,8 +30,10 @@ from handler_cli.services.crm.hubspot.errors import (
     error_body,
     property_refusals,
     refusal_in_french,
+    required_scopes,
     sent_properties,
 )
+from handler_cli.services.crm.hubspot.scopes import WHERE
 
 log = logging.getLogger("handler_cli")
 
@@ -202,9 +204,14 @@ class HubSpotAPI:
         """
         text = describe_error(method, path, resp)
         if resp.status_code == 401:
-            text += " — check HUBSPOT_ACCESS_TOKEN"
+            text += (" — check HUBSPOT_ACCESS_TOKEN: a HubSpot service key "
+                     f"({WHERE}) or a legacy private-app token")
         elif resp.status_code == 403:
-            text += " — the private app lacks a scope"
+            scopes = required_scopes(error_body(resp))
+            text += (f" — the service key lacks the scope {' or '.join(scopes)}: add it to the "
+                     f"key in HubSpot ({WHERE})" if scopes else
+                     f" — the service key lacks a scope: compare its scopes ({WHERE}) with "
+                     "the README's list")
         elif resp.status_code == 400:
             refusals = property_refusals(error_body(resp))
             if refusals:

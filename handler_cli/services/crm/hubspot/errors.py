@@ -48,6 +48,18 @@ def describe_error(method: str, path: str, resp: httpx.Response) -> str:
     return text
 
 
+def required_scopes(body: dict[str, Any]) -> list[str]:
+    """The scopes a 403 MISSING_SCOPES names (`errors[].context.requiredGranularScopes`, or
+    the older `requiredScopes`; `missingScopes` in the specs' example)."""
+    found: list[str] = []
+    for detail in [body, *(d for d in body.get("errors") or [] if isinstance(d, dict))]:
+        context = detail.get("context") if isinstance(detail.get("context"), dict) else None
+        for key in ("requiredGranularScopes", "requiredScopes", "missingScopes"):
+            names = context.get(key) if context else None
+            found += [str(n) for n in names or [] if str(n) not in found]
+    return found
+
+
 @dataclass(frozen=True)
 class PropertyRefusal:
     """One property HubSpot refused, with its reason code and HubSpot's own words."""
