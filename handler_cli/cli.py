@@ -21,8 +21,9 @@ STYLE: dict[str, Any] = dict(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# name -> (help panel, the command's function, or the Typer of a command group)
-COMMANDS: dict[str, tuple[str, Callable[..., None] | typer.Typer]] = {
+# name -> (help panel, the command's function, or the Typer of a command group, or where to
+# import either from when it is first built: "module:name", so start-up does not load it)
+COMMANDS: dict[str, tuple[str, Callable[..., None] | typer.Typer | str]] = {
     **{step.name: ("Pipeline steps", pipeline.step_command(step))
        for step in STEPS.values()},
     "run": ("Pipeline", pipeline.run),
@@ -30,7 +31,8 @@ COMMANDS: dict[str, tuple[str, Callable[..., None] | typer.Typer]] = {
     "reply": ("Replies", reply.reply),
     "reply-intent": ("Replies", reply.reply_intent),
     "serve": ("Webhook", serve.serve),
-    "requests": ("Webhook", requests.app),
+    "requests": ("Requests", requests.app),
+    "stats": ("Requests", "handler_cli.commands.stats:stats"),
     "doctor": ("Operations", doctor.doctor),
     "setup": ("Operations", setup.app),
 }
@@ -39,6 +41,11 @@ COMMANDS: dict[str, tuple[str, Callable[..., None] | typer.Typer]] = {
 def build(name: str) -> Any:
     """The click command of one table entry, converted as if the app held only it."""
     panel, target = COMMANDS[name]
+    if isinstance(target, str):
+        import importlib
+
+        module, _, attr = target.partition(":")
+        target = getattr(importlib.import_module(module), attr)
     part = typer.Typer(**STYLE)
     if isinstance(target, typer.Typer):
         part.add_typer(target, name=name, rich_help_panel=panel)

@@ -28,26 +28,24 @@ class OnTerminal:
 
 
 def run_on_terminal(*args: str, env: dict[str, str], stdin: str | None = None,
-                    stdin_is_terminal: bool = False, cwd: Path = ROOT,
-                    timeout: float = 120) -> OnTerminal:
-    """stderr (and stdin when asked) on a pseudo-terminal, stdout piped."""
+                    stdin_is_terminal: bool = False, stdout_is_terminal: bool = False,
+                    cwd: Path = ROOT, timeout: float = 120) -> OnTerminal:
+    """stderr (and stdin, stdout when asked) on a pseudo-terminal, stdout piped otherwise."""
     leader, follower = os.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "handler_cli", *args], cwd=cwd,
         stdin=follower if stdin_is_terminal else subprocess.PIPE if stdin is not None
         else subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=follower,
+        stdout=follower if stdout_is_terminal else subprocess.PIPE, stderr=follower,
         env={**env, "COLUMNS": "100", "LINES": "40", "TERM": "xterm-256color"},
     )
     os.close(follower)
     if stdin is not None and proc.stdin is not None:
         proc.stdin.write(stdin.encode())
         proc.stdin.close()
-    assert proc.stdout is not None
-    out_fd = proc.stdout.fileno()
     chunks: list[bytes] = []
     stdout: list[bytes] = []
-    open_fds = {leader, out_fd}
+    open_fds = {leader} | ({proc.stdout.fileno()} if proc.stdout is not None else set())
     while open_fds:
         ready, _, _ = select.select(list(open_fds), [], [], timeout)
         assert ready, "the command stopped talking"
