@@ -7,9 +7,11 @@ by the poll), and the poll's journal (what the client answered, when, and what w
 `Overview` reads them, never writes, and joins them into one `RequestView` per request;
 `requests list/show` and `stats` render it.
 
-The stores are read through `StoreReader`, a small read-only port; `SqliteReader` reads the
-embedded files of the data dir (opening none that does not exist, creating nothing), and the
-request store through its own interface (`handler_cli.storage.open_store`).
+The stores are read through `StoreReader`, a small read-only port, on the backend the
+storage layer uses: `SqliteReader` reads the embedded files of the data dir (opening none
+that does not exist, creating nothing), `PostgresReader` the shared database. The request
+store is read through its own interface; documents and journal by their tables, as listing
+them all is a need of this view only.
 """
 
 from __future__ import annotations
@@ -148,25 +150,23 @@ class StoreReader(Protocol):
 class SqliteReader:
     """The embedded stores of the data dir, opened read-only; a file not there is empty."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, data_dir: Path) -> None:
         from handler_cli.storage import DataDir
 
-        self.settings = settings
-        self.paths = DataDir(settings.data_dir)
+        self.paths = DataDir(data_dir)
         self._store: Any = None
 
     def _requests(self) -> Any:
-        """The request store, when there is one (a shared queue, or the embedded file)."""
-        if self._store is None and (self.settings.handler_queue_url
-                                    or self.paths.requests.exists()):
-            from handler_cli.storage import open_store
+        """The request store, when the webhook ever wrote one."""
+        if self._store is None and self.paths.requests.exists():
+            from handler_cli.storage.sqlite import SqliteRequestStore
 
-            self._store = open_store(self.settings)
+            self._store = SqliteRequestStore(self.paths.requests)
         return self._store
 
     def webhook_records(self, limit: int | None) -> list[RequestRecord]:
         store = self._requests()
-        return [] if store is None else list(store.recent(None, limit or 1_000_000))
+        return [] if store is None else list(store.recent(None, limit or ALL))
 
     def webhook_record(self, request_id: str) -> RequestRecord | None:
         store = self._requests()
@@ -178,7 +178,7 @@ class SqliteReader:
                 return
             for request_id, body, updated_at in db.execute(
                     "SELECT request_id, body, updated_at FROM documents"):
-                yield request_id, json.loads(body), _sqlite_time(updated_at)
+                yield request_id, json.loads(body), _time(updated_at)
 
     def document(self, request_id: str) -> dict[str, Any] | None:
         with _read_only(self.paths.documents) as db:
@@ -193,31 +193,86 @@ class SqliteReader:
         return str(row[0]) if row else None
 
     def answers(self) -> dict[str, list[ClientAnswer]]:
-        found: dict[str, list[ClientAnswer]] = {}
         with _read_only(self.paths.poll_journal) as db:
             if db is None:
-                return found
+                return {}
             columns = {row[1] for row in db.execute("PRAGMA table_info(replies)")}
             error = "error" if "error" in columns else "NULL"
-            rows = db.execute(
-                f"SELECT request_id, reply, intent, action, state, text, handled_at, {error},"
-                " started_at FROM replies ORDER BY started_at").fetchall()
-        for request_id, reply, intent, action, state, text, handled_at, err, started in rows:
-            at = json.loads(reply).get("at") if reply else None
-            found.setdefault(request_id, []).append(ClientAnswer(
-                at or started, handled_at, intent, action, state, text, err))
-        return found
+            return _answers(db.execute(f"SELECT {JOURNAL_COLUMNS.replace('error', error)}"
+                                       " FROM replies ORDER BY started_at").fetchall())
 
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
 
 
+class PostgresReader:
+    """The shared PostgreSQL of a scaled-out installation (`HANDLER_DATABASE_URL`): the same
+    tables the storage layer writes (`handler_cli.storage.postgres`), only read."""
+
+    def __init__(self, url: str) -> None:
+        from handler_cli.storage.postgres import PostgresRequestStore, connect_pool
+
+        self.db = connect_pool(url)
+        self.store = PostgresRequestStore(self.db)
+
+    def webhook_records(self, limit: int | None) -> list[RequestRecord]:
+        return list(self.store.recent(None, limit or ALL))
+
+    def webhook_record(self, request_id: str) -> RequestRecord | None:
+        return self.store.get(request_id)
+
+    def documents(self) -> Iterator[tuple[str, dict[str, Any], datetime | None]]:
+        rows = self.db.conn().execute(
+            "SELECT request_id, body, updated_at FROM handler_documents").fetchall()
+        for request_id, body, updated_at in rows:
+            yield request_id, json.loads(body), _time(updated_at)
+
+    def document(self, request_id: str) -> dict[str, Any] | None:
+        row = self.db.conn().execute("SELECT body FROM handler_documents WHERE request_id = %s",
+                                     (request_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def request_of_ticket(self, ticket_id: str) -> str | None:
+        row = self.db.conn().execute("SELECT request_id FROM handler_documents"
+                                     " WHERE ticket_id = %s LIMIT 1", (ticket_id,)).fetchone()
+        return str(row[0]) if row else None
+
+    def answers(self) -> dict[str, list[ClientAnswer]]:
+        return _answers(self.db.conn().execute(
+            f"SELECT {JOURNAL_COLUMNS} FROM handler_replies ORDER BY started_at").fetchall())
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def open_reader(settings: Settings) -> StoreReader:
+    """The stores of this installation, on the backend the storage layer chose."""
+    from handler_cli.storage import check_urls
+
+    url = check_urls(settings)
+    return PostgresReader(url) if url else SqliteReader(settings.data_dir)
+
+
+ALL = 1_000_000_000
+JOURNAL_COLUMNS = ("request_id, reply, intent, action, state, text, handled_at, error,"
+                   " started_at")
+
+
+def _answers(rows: list[Any]) -> dict[str, list[ClientAnswer]]:
+    found: dict[str, list[ClientAnswer]] = {}
+    for request_id, reply, intent, action, state, text, handled_at, err, started in rows:
+        at = json.loads(reply).get("at") if reply else None
+        found.setdefault(request_id, []).append(ClientAnswer(
+            at or started, handled_at, intent, action, state, text, err))
+    return found
+
+
 class Overview:
     """Every request the installation knows, joined from its stores."""
 
     def __init__(self, settings: Settings, reader: StoreReader | None = None) -> None:
-        self.reader = reader if reader is not None else SqliteReader(settings)
+        self.reader = reader if reader is not None else open_reader(settings)
 
     def __enter__(self) -> Overview:
         return self
@@ -318,18 +373,16 @@ _read_only = _ReadOnly
 
 
 def _time(value: Any) -> datetime | None:
+    """An ISO time, SQLite's CURRENT_TIMESTAMP (UTC, no zone) or a POSIX timestamp."""
     if not value:
         return None
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC)
     try:
         when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         return None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
-
-
-def _sqlite_time(value: Any) -> datetime | None:
-    """SQLite's CURRENT_TIMESTAMP: UTC, without a zone."""
-    return _time(value)
 
 
 def _first_email(document: dict[str, Any]) -> datetime | None:

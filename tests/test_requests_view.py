@@ -19,6 +19,7 @@ import pytest
 from handler_cli.intake.records import RequestRecord
 from tests.conftest import ROOT, SAMPLES, clean_environ, sample
 from tests.peers import closed_port, free_port
+from tests.postgres import pg_session, pg_url  # noqa: F401 - fixtures
 from tests.terminal import run_on_terminal
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -269,3 +270,22 @@ def test_stats_on_a_terminal_is_a_table(desk: Desk) -> None:
     for label in ("by form", "reclassified", "quotes sent", "validated", "refused", "waiting",
                   "request → validation", "decided by the LLM"):
         assert label in text
+
+
+def test_the_view_reads_the_shared_postgresql_of_a_scaled_out_installation(
+        tmp_path: Path, pg_url: str) -> None:  # noqa: F811 - the fixture
+    env = clean_environ(tmp_path / "data", HANDLER_DATABASE_URL=pg_url)
+    ran = cli(env, "run", str(SAMPLES / "batch.jsonl"))
+    assert ran.returncode == 0, ran.stderr
+    docs = [json.loads(line) for line in ran.stdout.splitlines()]
+    quoted = next(d for d in docs if d.get("validation_status") == "pending_credits")
+    assert cli(env, "reply", quoted["ticket_id"], "Je valide").returncode == 0
+    assert cli(env, "poll").returncode == 0
+    rows = [json.loads(x) for x in cli(env, "requests", "list").stdout.splitlines()]
+    assert sorted(r["request_id"] for r in rows) == sorted(d["request_id"] for d in docs)
+    validated = next(r for r in rows if r["ticket_id"] == quoted["ticket_id"])
+    assert validated["status"] == "validated" and validated["answer"]["intent"] == "validation"
+    shown = json.loads(cli(env, "requests", "show", quoted["ticket_id"]).stdout)
+    assert shown["validation_status"] == "validated"
+    assert json.loads(cli(env, "stats").stdout)["validated"] == 1
+    assert not (tmp_path / "data" / "documents.sqlite3").exists()  # nothing read from files
