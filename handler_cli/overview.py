@@ -31,9 +31,10 @@ if TYPE_CHECKING:
 
 # The statuses of the view, in the order a request goes through them.
 PROCESSING = ("queued", "running", "retrying", "failed")  # the webhook's own, while it works
-STATUSES = (*PROCESSING, "received", "open", "pending_info", "pending_credits",
-            "pending_admin", "validated", "rejected")
 WAITING = ("pending_info", "pending_credits", "pending_admin")
+DONE = ("open", *WAITING, "validated", "rejected")  # the chain went through; the client's turn
+# What `requests list --status` takes: a status, or `done` for any of DONE.
+STATUSES = (*PROCESSING, "done", "received", *DONE)
 
 
 @dataclass(frozen=True)
@@ -288,7 +289,8 @@ class Overview:
         answers = self.reader.answers()
         views = [self._view(rid, records.get(rid), stored.get(rid), answers.get(rid, []))
                  for rid in records.keys() | stored.keys()]
-        views = [v for v in views if (status is None or v.status == status)
+        views = [v for v in views if (status is None or v.status == status
+                                      or (status == "done" and v.status in DONE))
                  and (since is None or (v.received_at or _epoch()) >= since)]
         views.sort(key=lambda v: (v.received_at or _epoch(), v.request_id), reverse=True)
         return views[:limit] if limit else views

@@ -155,6 +155,8 @@ def test_list_filters_by_status_and_period(desk: Desk) -> None:
     assert [r["request_id"] for r in listed(desk, "--status", "failed")] == [desk.dead_letter]
     assert [r["ticket_id"] for r in listed(desk, "--status", "validated")] == [
         desk.validated_ticket]
+    done = listed(desk, "--status", "done", "--limit", "100")  # went through, any door
+    assert len(done) == len(desk.cli_docs) + 2
     assert len(listed(desk, "--since", "1d", "--limit", "100")) == len(desk.cli_docs) + 3
     assert cli(desk.env, "requests", "list", "--since", "2999-01-01").stdout == ""
     bad = cli(desk.env, "requests", "list", "--since", "hier")

@@ -80,7 +80,7 @@ def test_lasting_trouble_ends_failed_then_list_show_and_retry(
         assert {r["request_id"] for r in listed} == {failing["request_id"], other["request_id"]}
         assert all(r["status"] == "failed" and "451" in r["last_error"] for r in listed)
 
-        code, out, _ = requests_cli(data_dir, "show", failing["request_id"])
+        code, out, _ = requests_cli(data_dir, "show", failing["request_id"], "--full")
         shown = json.loads(out)
         assert code == 0 and shown["attempts"] == 2
         assert shown["document"]["ticket_id"] == view["ticket_id"]

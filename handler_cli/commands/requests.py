@@ -48,8 +48,9 @@ def since_or_exit(since: str | None) -> datetime | None:
 def list_requests(
     status: Annotated[str | None, typer.Option(
         metavar="STATUS", help="Only this status: queued, running, retrying or failed (the "
-        "webhook at work; `failed` is what needs attention), received, open (a support "
-        "ticket), pending_info, pending_credits, pending_admin, validated or rejected.")
+        "webhook at work; `failed` is what needs attention); done (the chain went through), "
+        "or where it then stands: open (a support ticket), pending_info, pending_credits, "
+        "pending_admin, validated, rejected; received (no ticket yet).")
     ] = None,
     since: SinceOpt = None,
     limit: Annotated[int, typer.Option(metavar="N", help="At most this many, newest first.",
