@@ -86,6 +86,7 @@ def test_a_second_poll_does_nothing_more(environ: dict[str, str], relay: SMTPPee
     report = poll(at(environ, days(1.1)))
 
     assert report.ok and report.outcomes == [] and report.waiting == 0
+    assert report.watched == 1  # decided: a later message would still reach the admin
     assert len(relay.received) == sent and len(subtasks(environ)) == 1
     assert "nothing to do" in report.summary()
 
@@ -216,7 +217,7 @@ def test_a_reply_after_the_decision_in_the_same_pass_is_forwarded(
     assert [a["action"] for a in outcome.actions] == ["validated", "forwarded"]
     assert outcome.status == "validated" and len(subtasks(environ)) == 1
     (kind,) = [k for k in kinds(relay) if k.startswith("admin_question_")]
-    assert "après sa décision" in body(received(relay, kind))
+    assert "a écrit de nouveau" in body(received(relay, kind))
 
 
 # -- missing information ----------------------------------------------------------------------
@@ -274,7 +275,7 @@ def test_partial_information_gets_a_new_request_for_what_still_lacks(
         "Une ou plusieurs photos, un plan ou un fichier 3D de l'objet"]
 
 
-def test_a_reply_that_brings_nothing_sends_nothing(
+def test_a_reply_that_brings_nothing_gets_no_new_analysis(
     environ: dict[str, str], relay: SMTPPeer
 ) -> None:
     doc = intake(environ, "incomplete")
@@ -283,8 +284,15 @@ def test_a_reply_that_brings_nothing_sends_nothing(
 
     (outcome,) = poll(at(environ, days(1))).outcomes
 
-    assert outcome.actions[0]["action"] == "ignored" and outcome.status == "pending_info"
-    assert len(relay.received) == before
+    (action,) = outcome.actions
+    assert outcome.status == "pending_info" and "assessment" not in action
+    sent = kinds(relay)[before:]
+    assert not [k for k in sent if k.startswith("client")]  # nothing new to tell the client
+    if action["intent"] == "unclear":  # read without confidence: a person reads it, once
+        assert action["action"] == "forwarded" and len(sent) == 1
+        assert sent[0].startswith("admin_question_")
+    else:
+        assert action["action"] == "ignored" and sent == []
 
 
 def test_an_approval_before_any_quote_goes_to_the_admin(

@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 
 from handler_cli.document import Document
-from handler_cli.poll.decide import Reading, decide
+from handler_cli.poll.decide import Reading, change_of_mind, decide
 from handler_cli.replies import Reply, ReplyFile
 from tests.conftest import ROOT, sample
 
 AT = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 PHOTO = ReplyFile(name="vase.jpg", url="file:///x/vase.jpg")
+LEFT_IN_CRM = ReplyFile(name="hubspot-fichier-42")  # an attachment HubSpot keeps: not ours
 
 
 @dataclass(frozen=True)
@@ -43,19 +44,23 @@ ROWS: list[tuple[tuple[str, str], list[Case]]] = [
         Case("pending_credits", "validation", "Je valide", "validated"),
         Case("pending_credits", "validation", "Parfait, on y va", "validated"),
     ]),
-    (("any", 'refus ("Non merci", "Trop cher", "je ne valide pas", "J\'annule")'), [
+    (("pending_credits, pending_info",
+      'refus ("Non merci", "Trop cher", "je ne valide pas", "J\'annule")'), [
         Case("pending_credits", "refus", "Non merci", "rejected"),
         Case("pending_info", "refus", "J'annule", "rejected", sample=INCOMPLETE),
     ]),
-    (("any", 'question ("OK mais quel délai ?", "Pourquoi 2 crédits ?")'), [
+    (("pending_credits, pending_info",
+      'question ("OK mais quel délai ?", "Pourquoi 2 crédits ?")'), [
         Case("pending_credits", "question", "OK mais quel délai ?", "question", forward=True),
         Case("pending_info", "question", "C'est pour quand ?", "question", forward=True,
              sample=INCOMPLETE),
     ]),
-    (("pending_info", "brings what was missing (text and/or attachments)"), [
+    (("pending_info", "brings what was missing (text and/or attachments), however it reads"), [
         Case("pending_info", "none", "C'est un vase en céramique blanche de 30 cm.", "info",
              files=(PHOTO,), sample=INCOMPLETE),
-        Case("pending_info", "none", "Voici la photo.", "info", files=(PHOTO,),
+        Case("pending_info", "unclear", "Voici la photo.", "info", files=(PHOTO,),
+             sample=INCOMPLETE),
+        Case("pending_info", "unclear", "Un vase en céramique blanche, 30 cm", "info",
              sample=INCOMPLETE),
         Case("pending_info", "question", "Un vase bleu de 20 cm, c'est possible ?", "info",
              forward=True, files=(PHOTO,), sample=INCOMPLETE),
@@ -63,17 +68,28 @@ ROWS: list[tuple[tuple[str, str], list[Case]]] = [
     (("pending_info", '"Je valide" before any quote, or files the grid cannot use'), [
         Case("pending_info", "validation", "Je valide", "forwarded", forward=True,
              sample=INCOMPLETE),
+        Case("pending_info", "none", "", "forwarded", forward=True, sample=INCOMPLETE,
+             files=(LEFT_IN_CRM,)),
     ]),
-    (("any", 'none (thanks, out-of-office, "je regarde demain")'), [
-        Case("pending_credits", "none", "Merci, je regarde demain", "ignored"),
+    (("pending_credits, pending_info", 'unclear ("Bof, on verra", when no LLM settles it)'), [
+        Case("pending_credits", "unclear", "Bof, on verra", "forwarded", forward=True),
+        Case("pending_info", "unclear", "Je regarde ça demain", "forwarded", forward=True,
+             sample=INCOMPLETE),
+    ]),
+    (("pending_credits, pending_info", "none (thanks, out-of-office)"), [
+        Case("pending_credits", "none", "Merci beaucoup !", "ignored"),
         Case("pending_info", "none", "Merci", "ignored", sample=INCOMPLETE),
         Case("pending_credits", "validation", "Je valide (absent jusqu'au 3)", "ignored",
              automatic=True),
     ]),
-    (("decided earlier in the same run", "anything but none"), [
+    (("validated, rejected, pending_admin (or decided earlier in the same run)",
+      "anything but an auto-reply or an empty message"), [
         Case("validated", "question", "Et pour la couleur ?", "forwarded", forward=True),
         Case("rejected", "validation", "Finalement je valide", "forwarded", forward=True),
-        Case("validated", "none", "Merci", "ignored"),
+        Case("validated", "none", "Merci", "forwarded", forward=True),
+        Case("pending_admin", "unclear", "Alors, ça avance ?", "forwarded", forward=True),
+        Case("validated", "none", "", "ignored"),
+        Case("rejected", "validation", "Je valide", "ignored", automatic=True),
     ]),
 ]
 
@@ -122,3 +138,12 @@ def test_information_that_adds_nothing_is_not_a_new_analysis() -> None:
     plan = decide(doc, reply, "je regarde demain", Reading("none", 0.9, "keywords"))
     assert plan.action == "ignored" and plan.assessment is None
 
+
+
+def test_a_change_of_mind_is_named() -> None:
+    assert change_of_mind("rejected", Reading("validation", 0.9, "keywords")) == \
+        "accepts_after_refusal"
+    assert change_of_mind("validated", Reading("refus", 0.9, "keywords")) == \
+        "cancels_after_validation"
+    assert change_of_mind("validated", Reading("question", 0.9, "keywords")) is None
+    assert change_of_mind("rejected", Reading("unclear", 0.4, "fallback")) is None

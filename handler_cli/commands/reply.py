@@ -48,15 +48,29 @@ def reply(
 
     log = logging.getLogger("handler_cli")
     settings = settings_or_exit(quiet=quiet, verbose=verbose)
+    from handler_cli.poll import next_step
+
+    ctx = Context(settings)
     try:
-        record = record_reply(Context(settings), ticket_id, text, files or [], sender)
+        record = record_reply(ctx, ticket_id, text, files or [], sender)
     except ConfigError as exc:
         fail(ExitCode.USAGE, "%s", exc)
+    step = next_step(ctx, ticket_id)  # said as it is: never an action the poll will not take
     sys.stdout.write(json.dumps({
         "ticket_id": ticket_id, "message_id": record.message_id, "from": record.sender,
         "subject": record.subject, "text": text, "files": list(record.attachments),
+        "poll": step,
     }, ensure_ascii=False, separators=(",", ":")) + "\n")
-    log.info("reply recorded on ticket %s; the next `handler-cli poll` reads it", ticket_id)
+    if step == "act":
+        log.info("reply recorded on ticket %s; the next `handler-cli poll` reads it and acts "
+                 "on it", ticket_id)
+    elif step == "forward":
+        log.info("reply recorded on ticket %s; the ticket is decided (or the admin's to "
+                 "price): the next `handler-cli poll` forwards it to the admin", ticket_id)
+    else:
+        log.warning("reply recorded on ticket %s, but `handler-cli poll` will not read it: "
+                    "the ticket was decided by hand, or has been quiet for more than "
+                    "HANDLER_WATCH_DECIDED_DAYS; tell the admin yourself", ticket_id)
 
 
 def reply_intent(

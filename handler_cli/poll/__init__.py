@@ -54,7 +54,7 @@ from handler_cli.poll.journal import (
     parse_tokens,
 )
 from handler_cli.poll.report import PollReport, TicketOutcome
-from handler_cli.poll.runner import Poller, read_reply
+from handler_cli.poll.runner import Poller, next_step, read_reply
 
 if TYPE_CHECKING:
     from handler_cli.context import Context
@@ -110,6 +110,6 @@ def poll(ctx: Context, *, dry_run: bool = False, retry_failed: bool = False,
 __all__ = [
     "DECIDED_STATUSES", "HANDLED_PROPERTY", "HANDLED_PROPERTY_LIMIT", "WAITING_STATUSES",
     "Begun", "HandledIndex", "Journal", "Plan", "PollJournal", "PollReport", "Poller",
-    "Reading", "TicketOutcome", "UNREAD", "complemented", "decide", "parse_tokens", "poll", "poll_lock",
-    "question_kind", "read_reply",
+    "Reading", "TicketOutcome", "UNREAD", "complemented", "decide", "next_step",
+    "parse_tokens", "poll", "poll_lock", "question_kind", "read_reply",
 ]

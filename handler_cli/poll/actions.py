@@ -12,7 +12,13 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from handler_cli.mailing import send_once
-from handler_cli.poll.decide import DECIDED_STATUSES, complemented, question_kind, still_refused
+from handler_cli.poll.decide import (
+    HANDS_OFF,
+    change_of_mind,
+    complemented,
+    question_kind,
+    still_refused,
+)
 from handler_cli.poll.journal import HANDLED_PROPERTY, HandledIndex, parse_tokens
 
 if TYPE_CHECKING:
@@ -49,16 +55,19 @@ def act(ctx: Context, journal: PollJournal, report: PollReport, doc: Document, r
                    "ticket_url": ticket_url(ctx, doc)})
     elif plan.action == "info" and plan.assessment is not None:
         props.update(_complete(ctx, doc, reply, plan))
-    if plan.forward and plan.text:
-        send_once(ctx, doc, question_kind(plan.text), "admin_question", ctx.settings.admin_email,
+    if plan.forward and (plan.text or reply.files):
+        status = doc.validation_status
+        send_once(ctx, doc, question_kind(plan.text or reply.key), "admin_question",
+                  ctx.settings.admin_email,
                   {"question": plan.text, "reply": reply, "files": stored,
-                   "ticket_url": ticket_url(ctx, doc),
-                   "is_question": plan.reading.intent == "question",
-                   "after_decision": plan.action == "forwarded"
-                   and doc.validation_status in DECIDED_STATUSES})
+                   "ticket_url": ticket_url(ctx, doc), "intent": plan.reading.intent,
+                   "after_decision": plan.action == "forwarded" and status in HANDS_OFF,
+                   "change_of_mind": change_of_mind(status, plan.reading)
+                   if plan.action == "forwarded" else None})
     now = ctx.now()
     if handled is None:
         handled = HandledIndex(journal, [])
+    if doc.ticket_id not in handled.tokens:  # resumed, or a decided ticket still watched
         current = ctx.crm.get_ticket(doc.ticket_id).get(HANDLED_PROPERTY, "")
         handled.tokens[doc.ticket_id] = parse_tokens(current)
     props[HANDLED_PROPERTY] = handled.add(reply, now)

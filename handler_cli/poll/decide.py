@@ -20,9 +20,15 @@ if TYPE_CHECKING:
     from handler_cli.replies import Reply
     from handler_cli.steps.analyze import Assessment
 
-WAITING_STATUSES = ("pending_credits", "pending_info")
-DECIDED_STATUSES = ("validated", "rejected")
+AWAITING_CLIENT = ("pending_credits", "pending_info")  # asked the client: reminders apply
+WAITING_STATUSES = (*AWAITING_CLIENT, "pending_admin")  # read from the CRM at every pass
+DECIDED_STATUSES = ("validated", "rejected")  # watched a while after (HANDLER_WATCH_DECIDED_DAYS)
+# The client's word no longer moves these tickets: a person reads whatever they write.
+HANDS_OFF = ("pending_admin", *DECIDED_STATUSES)
 COMPLEMENT_HEADER = "--- Complément du client"
+
+
+UNCLEAR = "unclear"  # the reader could not tell, and no LLM settled it: a person reads it
 
 
 @dataclass(frozen=True)
@@ -62,14 +68,22 @@ class Plan:
 
 
 def decide(doc: Document, reply: Reply, text: str, reading: Reading) -> Plan:
-    """What `reply` (its words `text`, read as `reading`) calls for, given where `doc` stands."""
+    """What `reply` (its words `text`, read as `reading`) calls for, given where `doc` stands.
+
+    Every client message ends in a decision or in front of a person: only an auto-reply, an
+    empty message, or a confident "nothing to answer" while we still wait for the client is
+    left alone.
+    """
     kind = reading.intent
     status = doc.validation_status
     if reply.automatic:  # an out-of-office says nothing about the quote, whatever its words
         return Plan("ignored", reading, text)
-    if status in DECIDED_STATUSES:  # an earlier reply of this pass decided already
-        action = "forwarded" if (kind != "none" or reply.files) else "ignored"
+    if status in HANDS_OFF:
+        # Decided (or the admin's to price): the admin decides, nothing moves on its own;
+        # a change of mind is flagged in the forward (actions.py).
+        action = "forwarded" if (text or reply.files) else "ignored"
         return Plan(action, reading, text, forward=action == "forwarded")
+    unclear = kind == UNCLEAR
     if kind == "refus":
         return Plan("rejected", reading, text)
     if status == "pending_info":
@@ -79,14 +93,15 @@ def decide(doc: Document, reply: Reply, text: str, reading: Reading) -> Plan:
                         forward=kind == "question")
         if kind == "question":
             return Plan("question", reading, text, forward=True)
-        # "Je valide" with no quote sent yet, or files the grid cannot use: a person reads it.
-        forward = kind == "validation" or bool(reply.files)
+        # "Je valide" with no quote sent yet, files the grid cannot use, a reply we cannot
+        # read with confidence: a person reads it.
+        forward = kind == "validation" or unclear or bool(reply.files)
         return Plan("forwarded" if forward else "ignored", reading, text, forward=forward)
     if kind == "validation":
         return Plan("validated", reading, text)
     if kind == "question":
         return Plan("question", reading, text, forward=True)
-    if reply.files:
+    if unclear or reply.files:
         return Plan("forwarded", reading, text, forward=True)
     return Plan("ignored", reading, text)
 
@@ -129,6 +144,16 @@ def reassess(doc: Document, text: str, reply: Reply) -> Assessment | None:
     if before == {"object"}:
         return result if not after else None
     return result if after - {"object"} < before - {"object", "description"} else None
+
+
+def change_of_mind(status: str | None, reading: Reading) -> str | None:
+    """How a message on a decided ticket goes back on the decision, if it does: after a
+    refusal, an approval; after a validation, a refusal. The admin decides what follows."""
+    if status == "rejected" and reading.intent == "validation":
+        return "accepts_after_refusal"
+    if status == "validated" and reading.intent == "refus":
+        return "cancels_after_validation"
+    return None
 
 
 def simulate(doc: Document, plan: Plan) -> None:

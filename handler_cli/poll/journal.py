@@ -72,6 +72,11 @@ class PollJournal(Protocol):
         """(ticket_id, reply_key, crm_id, started_at) of these tickets, begun or done."""
         ...
 
+    def decided_since(self, since: datetime) -> list[tuple[str, str, str]]:
+        """(ticket_id, request_id, status) of the tickets a reply validated or rejected, whose
+        last handled reply is not older than `since`."""
+        ...
+
     def actions(self, ticket_id: str) -> list[tuple[str, str, str, str]]:
         """(reply_key, intent, action, state) of a ticket, oldest first."""
         ...
@@ -169,6 +174,19 @@ class Journal:
                     f" WHERE ticket_id IN ({marks})", chunk,
                 ).fetchall()
         return found
+
+    def decided_since(self, since: datetime) -> list[tuple[str, str, str]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT ticket_id, MAX(request_id), MAX(handled_at),"
+                " (SELECT d.action FROM replies d WHERE d.ticket_id = r.ticket_id"
+                "  AND d.state = 'done' AND d.action IN ('validated', 'rejected')"
+                "  ORDER BY d.handled_at DESC LIMIT 1)"
+                " FROM replies r WHERE state = 'done' GROUP BY ticket_id"
+                " HAVING MAX(handled_at) >= ? AND SUM(action IN ('validated', 'rejected')) > 0",
+                (since.isoformat(),),
+            ).fetchall()
+        return [(ticket_id, request_id, status) for ticket_id, request_id, _, status in rows]
 
     def actions(self, ticket_id: str) -> list[tuple[str, str, str, str]]:
         with self._lock:

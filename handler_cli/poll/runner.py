@@ -14,7 +14,17 @@ from typing import TYPE_CHECKING
 
 from handler_cli.config import ConfigError
 from handler_cli.poll.actions import act, alert_admin, keep_files
-from handler_cli.poll.decide import WAITING_STATUSES, Plan, Reading, assess_with, decide, simulate
+from handler_cli.poll.decide import (
+    AWAITING_CLIENT,
+    DECIDED_STATUSES,
+    UNCLEAR,
+    WAITING_STATUSES,
+    Plan,
+    Reading,
+    assess_with,
+    decide,
+    simulate,
+)
 from handler_cli.poll.follow_up import follow_up, retry_subtasks
 from handler_cli.poll.journal import UNREAD, Begun, HandledIndex
 from handler_cli.poll.report import PollReport, TicketOutcome
@@ -37,7 +47,28 @@ def read_reply(text: str, llm: LLM | None) -> Reading:
     from handler_cli.intent import read_intent
 
     result = read_intent(text, llm=llm)
-    return Reading(str(result.intent), float(result.confiance), str(result.method))
+    # The contract with the reader: "unclear" when it cannot tell and no LLM settled it. A
+    # keyword guess it kept without confidence (method "fallback") is read the same way: no
+    # ticket is validated or closed on a guess.
+    unsure = str(result.intent) == UNCLEAR or str(result.method) == "fallback"
+    return Reading(UNCLEAR if unsure else str(result.intent), float(result.confiance),
+                   str(result.method))
+
+
+def next_step(ctx: Context, ticket_id: str) -> str:
+    """What the next poll does with a new message on this ticket: "act" (it waits for the
+    client), "forward" (the admin gets it: decided and still watched, or the admin's to
+    price) or "nothing" (decided by hand, or quiet for longer than the watch)."""
+    status = ctx.crm.get_ticket(ticket_id).get("validation_status", "")
+    if status in AWAITING_CLIENT:
+        return "act"
+    if status == "pending_admin":
+        return "forward"
+    if status in DECIDED_STATUSES:
+        since = ctx.now() - timedelta(days=ctx.settings.handler_watch_decided_days)
+        if any(t == ticket_id for t, _, _ in ctx.journal.decided_since(since)):
+            return "forward"
+    return "nothing"
 
 
 class Poller:
@@ -62,15 +93,20 @@ class Poller:
         except ServiceError as exc:
             self.report.fail(f"cannot list the waiting tickets: {exc}")
             waiting = []
+        waiting = [*waiting, *self._watched_decided({t.ticket_id for t in waiting})]
         docs = self._documents(waiting)
         known = [t for t in waiting if t.ticket_id in docs]
-        self.report.waiting = len(known)
+        self.report.watched = len([t for t in known if t.validation_status in DECIDED_STATUSES])
+        self.report.waiting = len(known) - self.report.watched
         if self.report.orphans:
             log.warning("poll: %d waiting ticket(s) have no request document in %s (e.g. %s); "
                         "their replies are left for the team", len(self.report.orphans),
                         self.ctx.settings.data_dir, ", ".join(self.report.orphans[:5]))
 
         handled = HandledIndex(self.journal, known)
+        for ticket in known:  # not read from the CRM: their handled property is unknown here
+            if ticket.validation_status in DECIDED_STATUSES:
+                handled.tokens.pop(ticket.ticket_id, None)
         replies, owner = self._fetch(sources, known, handled, docs)
         self.report.replies = sum(len(r) for r in replies.values())
         for ticket in known:
@@ -78,7 +114,7 @@ class Poller:
             if found:
                 self._answer(ticket, docs[ticket.ticket_id], found, handled, owner)
                 done.add(ticket.ticket_id)
-            elif ticket.ticket_id not in done:
+            elif ticket.ticket_id not in done and ticket.validation_status in AWAITING_CLIENT:
                 doc = docs[ticket.ticket_id]
                 try:
                     follow_up(self.ctx, self.report, ticket, doc, handled)
@@ -90,6 +126,22 @@ class Poller:
                     self._isolate(outcome, exc, None)
         retry_subtasks(self.ctx, self.report, done)
         return self.report
+
+    def _watched_decided(self, waiting: set[str]) -> list[WaitingTicket]:
+        """Tickets the poll decided (validated, rejected) and still watches: a message on
+        them goes to the admin. Watched until `HANDLER_WATCH_DECIDED_DAYS` after the last
+        exchange, from the journal: the CRM is not searched for them, so a quiet pass costs
+        no more HubSpot calls than before (their e-mails are read in the same batches)."""
+        from handler_cli.services import WaitingTicket
+
+        since = self.ctx.now() - timedelta(days=self.ctx.settings.handler_watch_decided_days)
+        found: list[WaitingTicket] = []
+        for ticket_id, request_id, status in self.journal.decided_since(since):
+            if ticket_id not in waiting:
+                found.append(WaitingTicket(ticket_id=ticket_id, request_id=request_id,
+                                           validation_status=status, properties={},
+                                           updated_at=self.ctx.now()))
+        return found
 
     def _documents(self, waiting: Sequence[WaitingTicket]) -> dict[str, Document]:
         """The request document behind each waiting ticket (one that cannot be read is that

@@ -76,6 +76,18 @@ class PostgresJournal:
             " WHERE ticket_id = ANY(%s)", (list(ticket_ids),)).fetchall()
         return [(r[0], r[1], r[2], r[3]) for r in found]
 
+    def decided_since(self, since: datetime) -> list[tuple[str, str, str]]:
+        found = self.db.conn().execute(
+            "SELECT ticket_id, MAX(request_id),"
+            " (SELECT d.action FROM handler_replies d WHERE d.ticket_id = r.ticket_id"
+            "  AND d.state = 'done' AND d.action IN ('validated', 'rejected')"
+            "  ORDER BY d.handled_at DESC LIMIT 1)"
+            " FROM handler_replies r WHERE state = 'done' GROUP BY ticket_id"
+            " HAVING MAX(handled_at) >= %s"
+            " AND COUNT(*) FILTER (WHERE action IN ('validated', 'rejected')) > 0",
+            (since.isoformat(),)).fetchall()
+        return [(r[0], r[1], r[2]) for r in found]
+
     def actions(self, ticket_id: str) -> list[tuple[str, str, str, str]]:
         found = self.db.conn().execute(
             "SELECT reply_key, intent, action, state FROM handler_replies WHERE ticket_id = %s"
