@@ -78,6 +78,9 @@ class Settings(BaseModel):
     hubspot_access_token: str | None = None
     hubspot_base_url: str = "https://api.hubapi.com"
     hubspot_portal_id: str | None = None
+    # With HUBSPOT_PORTAL_ID (no account-info call), where ticket links open: EU portals are
+    # app-eu1.hubspot.com; `doctor --check` compares it with the portal's own uiDomain.
+    hubspot_ui_domain: str | None = None
     hubspot_pipeline: str = "0"
     hubspot_pipeline_stage: str = "1"
 

@@ -41,7 +41,7 @@ def live(s3_peer: S3Peer, smtp_peer: SMTPPeer) -> Iterator[dict[str, str]]:
     s3_peer.create_bucket("studio")
     with hubspot_server() as hs, clickup_server() as cu, messages_api() as claude:
         yield {
-            **hs.environ(), "HUBSPOT_PORTAL_ID": "4242", "CLICKUP_API_TOKEN": cu.token,
+            **hs.environ(), "HUBSPOT_PORTAL_ID": str(hs.portal_id), "CLICKUP_API_TOKEN": cu.token,
             "CLICKUP_BASE_URL": cu.url, "R2_ENDPOINT_URL": s3_peer.endpoint_url,
             "R2_BUCKET": "studio", "R2_ACCESS_KEY_ID": s3_peer.access_key_id,
             "R2_SECRET_ACCESS_KEY": s3_peer.secret_access_key, "SMTP_HOST": smtp_peer.host,

@@ -30,7 +30,6 @@ from handler_cli.services.crm.hubspot import (
     setup_properties,
 )
 from tests.fakes.hubspot import ALL_SCOPES, FakeHubSpot, hubspot_server
-from tests.peers import lines
 
 RETRY_BASE = 0.01  # seconds; a TEN_SECONDLY_ROLLING wait is then 10 x 0.01 = 0.1 s
 # Operations, as the stand-in names them whatever the API version in the path.
@@ -570,15 +569,6 @@ def test_setup_adds_a_missing_status_option_and_flags_a_non_unique_request_id(
     assert report.updated == ["validation_status (options rejected)"]
     assert "rejected" in {o["value"] for o in props["validation_status"]["options"]}
     assert any("handler_request_id" in w for w in report.warnings)
-
-
-def test_check_proves_the_token_and_the_properties(hs: FakeHubSpot, crm: HubSpotCRM,
-                                                   tmp_path: Path) -> None:
-    assert str(hs.portal_id) in lines(crm.check())
-    del hs.properties["tickets"]["handler_replies_handled"]
-
-    with pytest.raises(ServiceError, match="handler_replies_handled"):
-        crm.check()
 
 
 def test_describe_makes_no_call(hs: FakeHubSpot, crm: HubSpotCRM) -> None:

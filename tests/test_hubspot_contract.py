@@ -49,6 +49,11 @@ CLIENT_OPERATIONS = {
     "read ticket property group",
     "create ticket property group",
     "account details",
+    # doctor --check
+    "list contacts",
+    "update contact",  # contact 0, which cannot exist: proves the scope, changes nothing
+    "list tickets",
+    "list ticket pipelines",
 }
 
 

@@ -14,8 +14,8 @@ if TYPE_CHECKING:
     from handler_cli.context import Context
 
 SERVICE_SETTINGS = {
-    "crm": ("hubspot_access_token", "hubspot_base_url", "hubspot_portal_id", "hubspot_pipeline",
-            "hubspot_pipeline_stage"),
+    "crm": ("hubspot_access_token", "hubspot_base_url", "hubspot_portal_id", "hubspot_ui_domain",
+            "hubspot_pipeline", "hubspot_pipeline_stage"),
     "files": ("r2_account_id", "r2_access_key_id", "r2_secret_access_key", "r2_bucket",
               "r2_public_url", "r2_endpoint_url"),
     "tasks": ("clickup_api_token", "clickup_base_url", "clickup_parent_task_id"),

@@ -16,6 +16,7 @@ from handler_cli.config import ConfigError
 from handler_cli.replies import Handled, Reply, ReplyFile, own_addresses, reply_from_record
 
 if TYPE_CHECKING:
+    from handler_cli.checks import Finding
     from handler_cli.context import Context
     from handler_cli.services import EmailRecord, WaitingTicket
 
@@ -67,6 +68,15 @@ class HubSpotReplies(CRMReplies):
                 "HANDLER_REPLY_SOURCES: the hubspot reply source needs HUBSPOT_ACCESS_TOKEN"
             )
         super().__init__(ctx)
+
+    def check(self) -> list[Finding]:
+        """For `doctor --check`: what clients write comes back, not redacted."""
+        from handler_cli.services.crm.hubspot import HubSpotCRM
+        from handler_cli.services.crm.hubspot.health import email_content_readable
+
+        crm = self.ctx.crm
+        assert isinstance(crm, HubSpotCRM), "the hubspot reply source needs the HubSpot CRM"
+        return [email_content_readable(crm.api)]
 
     def files(self, record: EmailRecord) -> tuple[ReplyFile, ...]:
         # HubSpot gives file ids only (hs_attachment_ids); the file itself stays in HubSpot.

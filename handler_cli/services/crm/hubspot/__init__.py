@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from handler_cli.checks import Finding, proved
+from handler_cli.checks import Finding
 from handler_cli.services import EmailRecord, ServiceError, TicketDraft, WaitingTicket
 from handler_cli.services.crm.hubspot import paths, wire
 from handler_cli.services.crm.hubspot.api import (
@@ -49,7 +49,6 @@ from handler_cli.services.crm.hubspot.setup import (
     PropertiesReport,
     PropertySpec,
     ensure_properties,
-    missing_properties,
 )
 
 if TYPE_CHECKING:
@@ -175,10 +174,16 @@ class HubSpotCRM:
         return {"portalId": str(details["portalId"]),
                 "uiDomain": str(details.get("uiDomain") or DEFAULT_UI_DOMAIN)}
 
+    @property
+    def ui_domain(self) -> str:
+        """Where ticket links open when HUBSPOT_PORTAL_ID spares the account-info call."""
+        return self.settings.hubspot_ui_domain or DEFAULT_UI_DOMAIN
+
     def account(self) -> dict[str, Any]:
-        """portalId and uiDomain: from settings, the cache file, or one account-info call."""
+        """portalId and uiDomain (EU portals: app-eu1.hubspot.com): from the settings, the
+        cache file, or one account-info call."""
         if self.settings.hubspot_portal_id:
-            return {"portalId": self.settings.hubspot_portal_id, "uiDomain": DEFAULT_UI_DOMAIN}
+            return {"portalId": self.settings.hubspot_portal_id, "uiDomain": self.ui_domain}
         return self._account.get(self._fetch_account)
 
     def ticket_url(self, ticket_id: str) -> str:
@@ -264,13 +269,10 @@ class HubSpotCRM:
         return ensure_properties(self.api)
 
     def check(self) -> list[Finding]:
-        """One small real proof for `doctor --check`: the token works, properties exist."""
-        account = self.account()
-        missing = missing_properties(self.api)
-        if missing:
-            raise ServiceError(SERVICE, f"ticket properties missing: {', '.join(missing)}; "
-                               "run `handler-cli setup hubspot`", transient=False)
-        return [proved(f"portal {account['portalId']}, custom ticket properties present")]
+        """For `doctor --check`: what a run will do, proved one fact a line (see health)."""
+        from handler_cli.services.crm.hubspot.health import check_portal
+
+        return check_portal(self.api, self.settings, self.ui_domain)
 
 
 def setup_properties(crm: HubSpotCRM) -> list[str]:

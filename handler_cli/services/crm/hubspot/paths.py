@@ -75,5 +75,6 @@ def property_group(object_type: str, name: str) -> str:
     return f"{property_groups(object_type)}/{_segment(name)}"
 
 
-def pipeline(object_type: str, pipeline_id: str) -> str:
-    return f"/crm/pipelines/{API_VERSION}/{object_type}/{_segment(pipeline_id)}"
+def pipelines(object_type: str) -> str:
+    """Every pipeline of an object type, with its stages."""
+    return f"/crm/pipelines/{API_VERSION}/{object_type}"

@@ -121,9 +121,3 @@ def ensure_properties(api: HubSpotAPI) -> PropertiesReport:
                 report.updated.append(f"{spec.name} (options "
                                       f"{', '.join(v for v, _ in missing)})")
     return report
-
-
-def missing_properties(api: HubSpotAPI) -> list[str]:
-    """The custom ticket properties the portal lacks (one call)."""
-    names = set(api.properties(TICKETS))
-    return [n for n in CUSTOM_PROPERTY_NAMES if n not in names]
