@@ -12,14 +12,16 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from handler_cli.services import ServiceError
 
 if TYPE_CHECKING:
     import psycopg
+
+T = TypeVar("T")
 
 SCHEMA_LOCK = 0x68616E646C6572  # advisory lock id ("handler") around the schema set-up
 POLL_LOCK = SCHEMA_LOCK + 1  # one poll at a time across every machine
@@ -115,10 +117,14 @@ class Connections:
         with conn.transaction():
             yield conn
 
-    def is_disconnection(self, exc: BaseException) -> bool:
-        """True when `exc` is the connection failing (server gone, network), not a statement
-        the server refused."""
-        return isinstance(exc, self._psycopg.OperationalError)
+    def once_more_if_disconnected(self, action: Callable[[], T]) -> T:
+        """Run `action`; when the connection failed under it (the server restarted, the
+        network dropped: not a statement the server refused), run it once more on a new
+        connection. Only for idempotent actions."""
+        try:
+            return action()
+        except self._psycopg.OperationalError:
+            return action()
 
     @contextmanager
     def unavailable_is_transient(self, store: str) -> Iterator[None]:

@@ -56,12 +56,7 @@ class PostgresRequestStore:
         A connection that broke since its last use (the server restarted) is replaced and the
         batch tried once more: accepting is idempotent (a batch that did commit is found by
         its keys), so the sender gets its answer instead of a 503."""
-        try:
-            return self._accept(items, now)
-        except Exception as exc:
-            if not self.db.is_disconnection(exc):
-                raise
-        return self._accept(items, now)
+        return self.db.once_more_if_disconnected(lambda: self._accept(items, now))
 
     def _accept(self, items: Sequence[NewRequest], now: float) -> list[Accepted]:
         results: list[Accepted] = []
@@ -190,8 +185,11 @@ class PostgresRequestStore:
         self.db.conn().execute("DELETE FROM handler_idempotency WHERE expires_at <= %s", (now,))
 
     def ping(self, now: float) -> None:
-        self.db.conn().execute("INSERT INTO handler_probe (id, at) VALUES (1, %s)"
-                               " ON CONFLICT (id) DO UPDATE SET at = excluded.at", (now,))
+        """A write, as readiness means; on a connection that broke since (the server
+        restarted), once more on a new one."""
+        self.db.once_more_if_disconnected(lambda: self.db.conn().execute(
+            "INSERT INTO handler_probe (id, at) VALUES (1, %s)"
+            " ON CONFLICT (id) DO UPDATE SET at = excluded.at", (now,)))
 
     def close(self) -> None:
         self.db.close()
