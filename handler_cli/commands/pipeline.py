@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("handler_cli")
 
+
 def process(
     paths: list[Path] | None,
     steps: Sequence[Step],
