@@ -6,7 +6,8 @@ For each size it seeds the stand-in HubSpot (tests/fakes/hubspot.py, search limi
 per second like the real one) with that many tickets waiting for their client, and the local
 document store with their requests, then times one pass of the poll:
 
-- `quiet, bare`: no e-mail on any ticket (the floor: search pages + one associations call);
+- `quiet, bare`: no e-mail on any ticket (the floor: search pages + the three associations
+  reads: ticket e-mails, ticket contacts, contact e-mails, 1,000 inputs a call);
 - `quiet, quote logged`: each ticket carries the quote e-mail `run` logged on it (what a
   real portal looks like), no reply. The backend remembers the ids of the e-mails it logged
   (and of any non-client e-mail it read once), so a poll never reads them again;
@@ -37,6 +38,7 @@ from handler_cli.services import EmailRecord  # noqa: E402
 from tests.fakes.hubspot import FakeHubSpot, hubspot_server  # noqa: E402
 
 EMAIL_TO_TICKET = 224
+TICKET_TO_CONTACT = 16
 DOMAIN = "valione-services.com"
 
 
@@ -44,12 +46,13 @@ def seed(fake: FakeHubSpot, ctx: Context, size: int, *, quotes: bool, replies: i
     sent = datetime.now(UTC) - timedelta(days=1)
     for n in range(size):
         request_id = f"req_bench_{n:06d}"
+        contact = fake.add("contacts", {"email": f"client{n}@example.fr"})
         ticket_id = fake.add("tickets", {
             "subject": f"[MODELISATION] Objet {n}", "content": "Un vase en céramique, 30 cm.",
             "hs_pipeline": "0", "hs_pipeline_stage": "1", "hs_ticket_priority": "MEDIUM",
             "validation_status": "pending_credits", "credits_estimes": "1",
             "handler_request_id": request_id,
-        })
+        }, [("contacts", contact, TICKET_TO_CONTACT)])
         quote_id = f"<{request_id}.client@{DOMAIN}>"
         doc = Document(
             source="modelisation", objet=f"Objet {n}", description="Un vase en céramique, 30 cm.",

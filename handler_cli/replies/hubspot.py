@@ -1,8 +1,10 @@
 """Replies the CRM holds: the client's e-mails associated with each waiting ticket.
 
 On HubSpot these are the INCOMING_EMAIL engagements (read in batches by the CRM backend, so
-calls grow with pages, not tickets). The same class reads the local CRM's log, where
-`handler-cli reply` records a reply by hand.
+calls grow with pages, not tickets): those on the ticket, and those a connected inbox logged
+on the ticket's contact since the quote, matched to the ticket like a mailbox's (In-Reply-To,
+References, `[Ticket #N]`). The same class reads the local CRM's log, where `handler-cli
+reply` records a reply by hand.
 """
 
 from __future__ import annotations
@@ -13,12 +15,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from handler_cli.config import ConfigError
-from handler_cli.replies import Handled, Reply, ReplyFile, own_addresses, reply_from_record
+from handler_cli.replies import (
+    Handled,
+    Reply,
+    ReplyFile,
+    TicketIndex,
+    own_addresses,
+    reply_from_record,
+)
 
 if TYPE_CHECKING:
     from handler_cli.checks import Finding
     from handler_cli.context import Context
     from handler_cli.services import EmailRecord, WaitingTicket
+    from handler_cli.services.crm.hubspot import HubSpotCRM
 
 
 class CRMReplies:
@@ -42,8 +52,13 @@ class CRMReplies:
         ids = [t.ticket_id for t in waiting]
         if not ids:
             return {}
-        ours = own_addresses(self.ctx)
         found = self.ctx.crm.incoming_emails(ids, handled.crm_ids(ids))
+        return self._replies(found, handled)
+
+    def _replies(self, found: dict[str, list[EmailRecord]],
+                 handled: Handled) -> dict[str, list[Reply]]:
+        """The records as replies, except ours and those already handled."""
+        ours = own_addresses(self.ctx)
         replies: dict[str, list[Reply]] = {}
         for ticket_id, records in found.items():
             for record in records:
@@ -58,7 +73,11 @@ class CRMReplies:
 
 
 class HubSpotReplies(CRMReplies):
-    """HubSpot's INCOMING_EMAIL engagements of each waiting ticket."""
+    """HubSpot's INCOMING_EMAIL engagements of each waiting ticket, and of its contact.
+
+    HubSpot logs a reply only when it reaches an inbox connected to HubSpot, and then on the
+    sender's contact, not necessarily on the ticket (docs/poll.md, "Where replies come from").
+    """
 
     name = "hubspot"
 
@@ -69,14 +88,43 @@ class HubSpotReplies(CRMReplies):
             )
         super().__init__(ctx)
 
-    def check(self) -> list[Finding]:
-        """For `doctor --check`: what clients write comes back, not redacted."""
+    def describe(self) -> str:
+        return (f"client e-mails logged on the tickets and their contacts "
+                f"({self.ctx.crm.describe()})")
+
+    def fetch(
+        self, waiting: Sequence[WaitingTicket], handled: Handled, since: datetime
+    ) -> dict[str, list[Reply]]:
+        replies = super().fetch(waiting, handled, since)
+        ids = [t.ticket_id for t in waiting]
+        if not ids:
+            return replies
+        crm = self._hubspot()
+        seen = {r.crm_id for rs in replies.values() for r in rs if r.crm_id}
+        on_contacts = crm.contact_emails(ids, handled.crm_ids(ids) | seen, since)
+        index = TicketIndex.of(waiting)
+        mine = {ticket_id: [r for r in records if index.match(
+                    r.in_reply_to, r.references, r.subject) == ticket_id]
+                for ticket_id, records in on_contacts.items()}
+        for ticket_id, extra in self._replies(mine, handled).items():
+            keys = {r.key for r in replies.get(ticket_id, [])}
+            merged = replies.setdefault(ticket_id, [])
+            merged += [r for r in extra if r.key not in keys]
+            merged.sort(key=lambda r: r.at)
+        return replies
+
+    def _hubspot(self) -> HubSpotCRM:
         from handler_cli.services.crm.hubspot import HubSpotCRM
-        from handler_cli.services.crm.hubspot.health import email_content_readable
 
         crm = self.ctx.crm
         assert isinstance(crm, HubSpotCRM), "the hubspot reply source needs the HubSpot CRM"
-        return [email_content_readable(crm.api)]
+        return crm
+
+    def check(self) -> list[Finding]:
+        """For `doctor --check`: what clients write comes back, not redacted."""
+        from handler_cli.services.crm.hubspot.health import email_content_readable
+
+        return [email_content_readable(self._hubspot().api)]
 
     def files(self, record: EmailRecord) -> tuple[ReplyFile, ...]:
         # HubSpot gives file ids only (hs_attachment_ids); the file itself stays in HubSpot.

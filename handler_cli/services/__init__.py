@@ -49,6 +49,7 @@ class EmailRecord:
     in_reply_to: str | None = None
     attachments: tuple[str, ...] = ()
     crm_id: str | None = None  # the CRM's own id of the e-mail (HubSpot engagement id)
+    references: tuple[str, ...] = ()  # its References header's Message-IDs, oldest first
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@
 - The ids of e-mails known not to come from the client (our own quotes and acknowledgements
   sit on every waiting ticket): read once, never again, so a quiet poll costs pages, not
   tickets.
+- When each incoming e-mail on a client's contact was written: one older than the quotes
+  being waited on is never read again (a contact keeps its whole history).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +61,9 @@ class AccountCache:
             return account
 
 
-class NotFromClient:
-    """E-mail engagement ids that are not the client's (ours, or forwarded): never read again."""
+class EmailMemo:
+    """What is known of e-mail engagements without reading them again: which are not the
+    client's (ours, or forwarded), and when each incoming one was written."""
 
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / EMAILS_FILE
@@ -72,8 +76,25 @@ class NotFromClient:
 
             self._db = connect(
                 self.path, "CREATE TABLE IF NOT EXISTS not_from_client "
-                "(email_id TEXT PRIMARY KEY)")
+                "(email_id TEXT PRIMARY KEY);"
+                "CREATE TABLE IF NOT EXISTS incoming (email_id TEXT PRIMARY KEY, "
+                "at_ms INTEGER NOT NULL)")
         return self._db
+
+    def older_than(self, ids: Iterable[str], at: datetime) -> set[str]:
+        """Which of `ids` are incoming e-mails written before `at`."""
+        with self._lock:
+            return {row[0] for row in self._open().execute(
+                "SELECT email_id FROM incoming WHERE at_ms < ? AND email_id IN"
+                " (SELECT value FROM json_each(?))",
+                (int(at.timestamp() * 1000), json.dumps(sorted(ids))))}
+
+    def remember_incoming(self, written: Iterable[tuple[str, datetime]]) -> None:
+        rows = [(i, int(at.timestamp() * 1000)) for i, at in written]
+        if rows:
+            with self._lock:
+                self._open().executemany(
+                    "INSERT OR IGNORE INTO incoming (email_id, at_ms) VALUES (?, ?)", rows)
 
     def among(self, ids: Iterable[str]) -> set[str]:
         """Which of `ids` are known not to be the client's."""

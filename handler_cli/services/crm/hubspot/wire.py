@@ -29,6 +29,7 @@ EMAIL_READ_PROPERTIES = (
 INCOMING = "INCOMING_EMAIL"
 
 _HTML_TAG = re.compile(r"<[^>]+>")
+_MESSAGE_ID = re.compile(r"<[^<>\s]+>")
 
 
 def parse_time(value: object) -> datetime:
@@ -152,7 +153,15 @@ def email_record(email: dict[str, Any]) -> EmailRecord:
         at=parse_time(props.get("hs_timestamp") or email.get("createdAt")),
         in_reply_to=_header(headers, "In-Reply-To", "inReplyTo"),
         attachments=attachments, crm_id=str(email["id"]),
+        references=_references(headers),
     )
+
+
+def _references(headers: dict[str, Any]) -> tuple[str, ...]:
+    """The Message-IDs of the References header (a string, or a list of them)."""
+    raw = next((v for k, v in headers.items() if k.lower() == "references"), None)
+    text = " ".join(map(str, raw)) if isinstance(raw, list) else str(raw or "")
+    return tuple(_MESSAGE_ID.findall(text))
 
 
 def email_properties(email: EmailRecord) -> dict[str, str]:
