@@ -49,6 +49,9 @@ CLIENT_OPERATIONS = {
     "read ticket property group",
     "create ticket property group",
     "account details",
+    "read associations tickets->contacts",
+    "read associations contacts->emails",
+    "gdpr delete contact",
     # doctor --check
     "list contacts",
     "update contact",  # contact 0, which cannot exist: proves the scope, changes nothing
@@ -100,6 +103,8 @@ def full_tour(hs: FakeHubSpot, data_dir: Path) -> None:
         hs.fail_next("search tickets", status=429, policy="SECONDLY")
         crm.waiting_tickets(("pending_info", "pending_credits"))
         crm.incoming_emails([ticket, "20002"], set())
+        crm.contact_emails([ticket, "20002"], set(), datetime(2026, 1, 1, tzinfo=UTC))
+        crm.forget_contact("marie@example.fr")
 
 
 def test_a_full_tour_of_the_client_stays_within_hubspots_specs(tmp_path: Path) -> None:

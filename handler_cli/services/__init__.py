@@ -87,6 +87,10 @@ class CRM(Protocol):
     ) -> dict[str, list[EmailRecord]]:
         """The client's e-mails on each ticket, oldest first, except crm_ids in `skip`."""
         ...
+    def forget_contact(self, email: str) -> bool:
+        """Erase the contact with this address and the e-mails kept with it, for good (GDPR
+        right to erasure); False when the CRM has no such contact. Tickets stay."""
+        ...
 
 
 class FileStore(Protocol):

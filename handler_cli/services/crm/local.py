@@ -40,6 +40,13 @@ CREATE INDEX IF NOT EXISTS emails_ticket ON emails (ticket_id, at);
 FIRST_TICKET_ID = 1001
 
 
+def _addresses_include(address: str, *fields: str) -> bool:
+    """Whether one of these From/To header values names `address` (case aside)."""
+    from email.utils import getaddresses
+
+    return any(addr.lower() == address for _, addr in getaddresses(list(fields)))
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -88,6 +95,25 @@ class LocalCRM:
         row = self._one("SELECT id FROM contacts WHERE email = ?", (email.lower(),))
         assert row is not None
         return str(row["id"])
+
+    def forget_contact(self, email: str) -> bool:
+        """Erase the contact with this address and the e-mails exchanged with it; its
+        tickets stay, without a contact. As HubSpot's GDPR delete: nothing is blocklisted."""
+        address = email.strip().lower()
+        with self._lock:
+            row = self._db.execute("SELECT id FROM contacts WHERE email = ?",
+                                   (address,)).fetchone()
+            if row is None:
+                return False
+            self._db.execute("UPDATE tickets SET contact_id = NULL WHERE contact_id = ?",
+                             (row["id"],))
+            for mail in self._db.execute(
+                    "SELECT id, sender, recipient FROM emails WHERE instr(lower(sender), ?) "
+                    "OR instr(lower(recipient), ?)", (address, address)).fetchall():
+                if _addresses_include(address, mail["sender"], mail["recipient"]):
+                    self._db.execute("DELETE FROM emails WHERE id = ?", (mail["id"],))
+            self._db.execute("DELETE FROM contacts WHERE id = ?", (row["id"],))
+        return True
 
     def find_ticket(self, request_id: str) -> str | None:
         row = self._one("SELECT id FROM tickets WHERE request_id = ?", (request_id,))

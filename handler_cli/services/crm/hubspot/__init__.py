@@ -122,6 +122,23 @@ class HubSpotCRM:
             return existing
         return str(resp.json()["id"])
 
+    def forget_contact(self, email: str) -> bool:
+        """HubSpot's GDPR delete of the contact with this address: the contact and what is
+        associated with it are erased for good (`POST /crm/objects/2026-09/contacts/
+        gdpr-delete`, 2026-09 contacts spec, scope crm.objects.contacts.write).
+
+        The contact is looked up first and deleted by id: asked by e-mail for an address it
+        does not know, HubSpot blocklists the address, and the studio could then never
+        create that client again should they come back.
+        """
+        contact_id = self._find_contact(email.strip())
+        if contact_id is None:
+            return False
+        done = self.api.request(
+            "POST", paths.gdpr_delete(CONTACTS), body={"objectId": contact_id}, allow=(404,),
+            recover=lambda: True if self._find_contact(email.strip()) is None else None)
+        return done is True or (isinstance(done, httpx.Response) and done.status_code != 404)
+
     # -- tickets --------------------------------------------------------------------------
 
     def find_ticket(self, request_id: str) -> str | None:
