@@ -95,6 +95,9 @@ class Settings(BaseModel):
     clickup_api_token: str | None = None
     clickup_base_url: str = "https://api.clickup.com/api/v2"
     clickup_parent_task_id: str = "86c7r48ha"
+    # The Workspace id: needed (custom_task_ids=true&team_id=...) when CLICKUP_PARENT_TASK_ID
+    # is a custom task id such as DEV-123.
+    clickup_team_id: str | None = None
 
     smtp_host: str | None = None
     smtp_port: int | None = None

@@ -10,8 +10,14 @@ import pytest
 
 from handler_cli.config import ConfigError, Settings, load_settings
 from handler_cli.services import ServiceError
-from handler_cli.services.tasks.clickup import ClickUpBoard
-from tests.fakes.clickup import DEFAULT_LIST_ID, DEFAULT_PARENT_ID, FakeClickUp, clickup_server
+from handler_cli.services.tasks.clickup import ClickUpBoard, is_custom_task_id
+from tests.fakes.clickup import (
+    DEFAULT_LIST_ID,
+    DEFAULT_PARENT_ID,
+    TEAM_ID,
+    FakeClickUp,
+    clickup_server,
+)
 from tests.peers import lines
 
 
@@ -230,3 +236,59 @@ def test_check_names_the_parent_task_and_its_list(board: ClickUpBoard) -> None:
 def test_board_needs_a_token(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="CLICKUP_API_TOKEN"):
         ClickUpBoard(load_settings(environ={"HANDLER_DATA_DIR": str(tmp_path)}))
+
+
+# -- the description field, and crash recovery through it -----------------------------------
+
+
+def test_the_description_is_sent_as_markdown_content_and_found_again_after_a_lost_answer(
+    fake: FakeClickUp, board: ClickUpBoard
+) -> None:
+    fake.fail_next("drop", when="POST")  # ClickUp makes it; the answer never arrives
+
+    with pytest.raises(ServiceError):
+        board.create_subtask(DEFAULT_PARENT_ID, "Demande", "**Référence :** `[Ticket #42]`")
+
+    (post,) = fake.requests_to("POST", r"/list/.*/task")
+    assert set(post.body) == {"name", "markdown_content", "parent"}
+    (made,) = fake.subtasks_of(DEFAULT_PARENT_ID)
+    assert made["markdown_description"] == "**Référence :** `[Ticket #42]`"
+    assert board.find_subtask(DEFAULT_PARENT_ID, "[Ticket #42]") == made["id"]
+
+
+# -- a custom task id as the parent ---------------------------------------------------------
+
+
+def test_a_custom_parent_task_id_is_read_with_the_workspace_id_and_used_by_its_real_id(
+    tmp_path: Path
+) -> None:
+    with clickup_server(custom_id="DEV-123") as fake:
+        board = ClickUpBoard(settings_for(fake, tmp_path, CLICKUP_PARENT_TASK_ID="DEV-123",
+                                          CLICKUP_TEAM_ID=TEAM_ID))
+        assert "parent task DEV-123 (86c7r48ha)" in lines(board.check())
+        task_id = board.create_subtask("DEV-123", "Demande", "`[Ticket #5]`")
+        found = board.find_subtask("DEV-123", "[Ticket #5]")
+        board.close()
+
+    assert found == task_id and fake.tasks[task_id]["parent"] == DEFAULT_PARENT_ID
+    (read,) = fake.requests_to("GET", r"/task/DEV-123")  # once, then cached
+    assert read.query == {"custom_task_ids": ["true"], "team_id": [TEAM_ID]}
+
+
+def test_a_custom_parent_task_id_without_the_workspace_id_is_refused_clearly(
+    fake: FakeClickUp, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        ClickUpBoard(settings_for(fake, tmp_path, CLICKUP_PARENT_TASK_ID="DEV-123"))
+
+    assert str(caught.value).startswith(
+        "CLICKUP_PARENT_TASK_ID=DEV-123 is a custom task id: ClickUp reads it only with the "
+        "Workspace id; set CLICKUP_TEAM_ID")
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize(("task_id", "custom"), [
+    ("DEV-123", True), ("ab-7", True), ("86c7r48ha", False), ("9hz", False), ("DEV-", False),
+])
+def test_custom_task_ids_are_told_apart_from_clickups_own(task_id: str, custom: bool) -> None:
+    assert is_custom_task_id(task_id) is custom

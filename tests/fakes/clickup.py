@@ -4,9 +4,13 @@ It answers the calls handler-cli makes the way ClickUp does: the bare token in
 `Authorization` (401 `OAUTH_025` otherwise), Get Task (subtasks listed *without* their
 descriptions, as ClickUp does), Get Tasks of a list (100 a page, `subtasks`, `last_page`,
 descriptions included), Create Task with `parent` (which must be a top-level task of the
-same list), rate-limit headers on every answer. Failures are scripted with `fail_next`
-(429 with `X-RateLimit-*`, 5xx, or "drop": do the work, then hang up without answering),
-and `down()` / `up()` stop and restart the listener so connections are refused.
+same list; the description taken from `markdown_content`, else `description`, and any other
+field ignored, as ClickUp does), custom task ids (`custom_task_ids=true&team_id=...`),
+rate-limit headers on every answer. Failures are scripted with `fail_next` (429 with
+`X-RateLimit-*`, 5xx, or "drop": do the work, then hang up without answering), and `down()` /
+`up()` stop and restart the listener so connections are refused. Every request is held to
+ClickUp's OpenAPI document when the server stops (`contract_violations`): operation, query
+parameters, body schema and body field names (the document does not forbid unknown fields).
 
     with clickup_server() as fake:
         settings = load_settings(environ={"CLICKUP_API_TOKEN": fake.token,
@@ -24,7 +28,9 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -34,6 +40,8 @@ LOOPBACK = "127.0.0.1"
 API_PREFIX = "/api/v2"
 DEFAULT_PARENT_ID = "86c7r48ha"  # the Settings default
 DEFAULT_LIST_ID = "901512345678"
+TEAM_ID = "9015000001"  # the Workspace id
+SPEC = Path(__file__).resolve().parents[1] / "specs" / "clickup" / "clickup-api-v2-2025-06-17.json"
 RATE_LIMIT = 100
 
 _TASK_PATH = re.compile(r"^/task/([^/]+)$")
@@ -74,6 +82,7 @@ class FakeClickUp:
     lists: dict[str, str] = field(default_factory=dict)  # list id -> name
     requests: list[RecordedRequest] = field(default_factory=list)
     page_size: int = 100
+    list_descriptions: bool = True  # False: Get Tasks lists tasks without any description
     port: int = 0
 
     def __post_init__(self) -> None:
@@ -104,6 +113,7 @@ class FakeClickUp:
         parent: str | None = None,
         description: str = "",
         task_id: str | None = None,
+        custom_id: str | None = None,
     ) -> dict[str, Any]:
         """Put a task in ClickUp directly (a parent task, or a subtask made by someone else)."""
         with self._lock:
@@ -111,7 +121,8 @@ class FakeClickUp:
             task_id = task_id or f"86c{next(self._ids):06x}"
             created = str(int(time.time() * 1000) + len(self.tasks))  # strictly increasing
             task = {
-                "id": task_id, "name": name, "markdown_description": description,
+                "id": task_id, "custom_id": custom_id, "name": name,
+                "markdown_description": description,
                 "parent": parent, "list_id": list_id, "date_created": created,
                 "status": "to do",
             }
@@ -192,7 +203,7 @@ class FakeClickUp:
         """A task as ClickUp shows it (a subset of its many fields)."""
         list_id = task["list_id"]
         out: dict[str, Any] = {
-            "id": task["id"], "custom_id": None, "name": task["name"],
+            "id": task["id"], "custom_id": task.get("custom_id"), "name": task["name"],
             "status": {"status": task["status"], "type": "open", "orderindex": 0},
             "orderindex": "1.00000000000000000000000000000000",
             "date_created": task["date_created"], "date_updated": task["date_created"],
@@ -220,7 +231,17 @@ class FakeClickUp:
         markdown = query.get("include_markdown_description", ["false"])[0] == "true"
         with self._lock:
             if method == "GET" and (m := _TASK_PATH.match(path)):
-                task = self.tasks.get(m.group(1))
+                if query.get("custom_task_ids", ["false"])[0] == "true":
+                    team = query.get("team_id", [None])[0]
+                    if team is None:
+                        return 400, {"err": "Team ID is required when using custom task ids",
+                                     "ECODE": "ITEM_066"}
+                    if team != TEAM_ID:
+                        return 401, {"err": "Team not authorized", "ECODE": "OAUTH_027"}
+                    task = next((t for t in self.tasks.values()
+                                 if t.get("custom_id") == m.group(1)), None)
+                else:
+                    task = self.tasks.get(m.group(1))
                 if task is None:
                     return 404, {"err": "Task not found, deleted", "ECODE": "ITEM_013"}
                 subtasks = query.get("include_subtasks", ["false"])[0] == "true"
@@ -246,7 +267,8 @@ class FakeClickUp:
         page = int(query.get("page", ["0"])[0])
         chunk = tasks[page * self.page_size:(page + 1) * self.page_size]
         last = (page + 1) * self.page_size >= len(tasks)
-        return 200, {"tasks": [self._render(t, markdown=markdown) for t in chunk],
+        return 200, {"tasks": [self._render(t, markdown=markdown, full=self.list_descriptions)
+                               for t in chunk],
                      "last_page": last}
 
     def _create_task(self, list_id: str, body: Any) -> tuple[int, dict[str, Any]]:
@@ -262,7 +284,9 @@ class FakeClickUp:
             if ptask["list_id"] != list_id or ptask["parent"] is not None:
                 return 400, {"err": "Parent must be a task of the same list, not a subtask",
                              "ECODE": "ITEM_137"}
-        description = body.get("markdown_description") or body.get("description") or ""
+        # ClickUp's create takes `markdown_content` (preferred) or `description`; any other
+        # field, `markdown_description` included, is ignored.
+        description = body.get("markdown_content") or body.get("description") or ""
         task = self.add_task(str(body["name"]), list_id=list_id,
                              parent=str(parent) if parent else None, description=description)
         return 200, self._render(task, markdown=True)
@@ -343,17 +367,23 @@ def _handler_for(fake: FakeClickUp) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def clickup_server(parent_id: str = DEFAULT_PARENT_ID,
-                   list_id: str = DEFAULT_LIST_ID) -> Iterator[FakeClickUp]:
-    """A running fake with the production parent task already in its list."""
+def clickup_server(parent_id: str = DEFAULT_PARENT_ID, list_id: str = DEFAULT_LIST_ID, *,
+                   custom_id: str | None = None,
+                   check_contract: bool = True) -> Iterator[FakeClickUp]:
+    """A running fake with the production parent task already in its list; on a clean exit,
+    every request it got must be one ClickUp's OpenAPI document allows."""
     fake = FakeClickUp()
     fake.add_list(list_id, "Production")
-    fake.add_task("Demandes clients", list_id=list_id, task_id=parent_id)
+    fake.add_task("Demandes clients", list_id=list_id, task_id=parent_id, custom_id=custom_id)
     fake.up()
     try:
         yield fake
     finally:
         fake.down()
+    if check_contract:
+        violations = contract_violations(fake.requests)
+        assert not violations, "requests outside ClickUp's OpenAPI document:\n" + "\n".join(
+            violations)
 
 
 @pytest.fixture
@@ -361,3 +391,101 @@ def clickup_peer() -> Iterator[FakeClickUp]:
     """The plain fake as a fixture (import it explicitly where needed)."""
     with clickup_server() as fake:
         yield fake
+
+
+# -- the contract: ClickUp's OpenAPI document (June 2025) -----------------------------------
+
+# The document's GetTask lists `team_id` ("when the `custom_task_ids` parameter is set to
+# `true`, the Workspace ID must be provided using the `team_id` parameter") but not
+# `custom_task_ids` itself, which ClickUp's reference for Get Task documents: allowed here.
+DOCUMENTED_OMISSIONS = {("get", "/v2/task/{task_id}", "custom_task_ids")}
+
+
+@cache
+def _document() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(SPEC.read_text(encoding="utf-8"))
+    return loaded
+
+
+def _find_operation(method: str, path: str) -> tuple[str, dict[str, Any], dict[str, str]] | None:
+    """The document's path template, operation and path parameters for a concrete path."""
+    found = []
+    for template, item in _document()["paths"].items():
+        if method not in item:
+            continue
+        names = re.findall(r"{(\w+)}", template)
+        pattern = re.sub(r"\\{\w+\\}", "([^/]+)", re.escape(template))
+        match = re.fullmatch(pattern, path)
+        if match:
+            found.append((len(names), template, item, dict(zip(names, match.groups(),
+                                                              strict=True))))
+    if not found:
+        return None
+    _, template, item, args = min(found, key=lambda f: f[0])
+    operation = item[method]
+    return template, {**operation, "parameters": [*item.get("parameters", []),
+                                                  *operation.get("parameters", [])]}, args
+
+
+def _value_fits(raw: str, schema: dict[str, Any]) -> bool:
+    kinds = schema.get("type")
+    kinds = kinds if isinstance(kinds, list) else [kinds]
+    if "boolean" in kinds and raw in ("true", "false"):
+        return True
+    if ("number" in kinds or "integer" in kinds) and re.fullmatch(r"-?\d+(\.\d+)?", raw):
+        return True
+    return "string" in kinds or None in kinds or "array" in kinds
+
+
+def _unknown_fields(body: Any, schema: dict[str, Any], where: str) -> list[str]:
+    """Body field names the schema does not define (it allows them, ClickUp ignores them)."""
+    if not isinstance(body, dict) or "properties" not in schema:
+        return []
+    problems = []
+    for name, value in body.items():
+        if name not in schema["properties"]:
+            problems.append(f"{where}{name}")
+        else:
+            problems += _unknown_fields(value, schema["properties"][name], f"{where}{name}.")
+    return problems
+
+
+def contract_violations(requests: list[RecordedRequest]) -> list[str]:
+    """Each request ClickUp's OpenAPI document does not describe, with the reason."""
+    from jsonschema import Draft202012Validator
+
+    problems = []
+    for record in requests:
+        where = f"{record.method} {record.path}"
+        found = _find_operation(record.method.lower(), f"/v2{record.path}")
+        if found is None:
+            problems.append(f"{where}: not an operation of ClickUp's API v2 document")
+            continue
+        template, operation, args = found
+        declared = {p["name"]: p for p in operation["parameters"]}
+        for name, value in args.items():
+            if not _value_fits(value, declared.get(name, {}).get("schema", {})):
+                problems.append(f"{where}: path parameter {name}={value!r} is not a "
+                                f"{declared[name]['schema'].get('type')}")
+        for name, values in record.query.items():
+            param = declared.get(name)
+            if param is None or param.get("in") != "query":
+                if (record.method.lower(), template, name) not in DOCUMENTED_OMISSIONS:
+                    problems.append(f"{where}: query parameter {name!r} not in the document")
+                continue
+            for value in values:
+                if not _value_fits(value, param.get("schema", {})):
+                    problems.append(f"{where}: query parameter {name}={value!r} is not a "
+                                    f"{param['schema'].get('type')}")
+        body_spec = (operation.get("requestBody") or {}).get("content", {}).get(
+            "application/json")
+        if body_spec is None:
+            if record.body is not None:
+                problems.append(f"{where}: a body, where the operation takes none")
+            continue
+        schema = body_spec["schema"]
+        for error in Draft202012Validator(schema).iter_errors(record.body):
+            problems.append(f"{where}: body: {error.message}")
+        for name in _unknown_fields(record.body, schema, ""):
+            problems.append(f"{where}: body field {name!r} is not in {schema.get('title')}")
+    return problems

@@ -1,16 +1,28 @@
 """The live task board: subtasks of one ClickUp parent task, through the REST API v2.
 
 ClickUp only creates a subtask in the parent's own list (`POST /list/{list_id}/task` with
-`parent`), so the list id is read from the parent task once and cached. Only requests that
-cannot have taken effect are retried inside a call (reads, 429, refused connections): a POST
-whose answer was lost raises instead, and the ledger's `recover` (`find_subtask`) settles on
-the next run whether it happened, so a retry never makes a second subtask.
+`parent`), so the parent task is read once (its real id and its list id) and cached. Only
+requests that cannot have taken effect are retried inside a call (reads, 429, refused
+connections): a POST whose answer was lost raises instead, and the ledger's `recover`
+(`find_subtask`) settles on the next run whether it happened, so a retry never makes a second
+subtask.
+
+The description goes in `markdown_content`, the create-task field of ClickUp's API v2
+reference (OpenAPI document of June 2025, `CreateTaskrequest`); `markdown_description` is what
+a GET returns with `include_markdown_description=true`, and a create ignores it. The marker
+`find_subtask` looks for lives in that description.
+
+A custom task id (`DEV-123`, a Workspace setting) names the parent only with
+`custom_task_ids=true&team_id=<Workspace id>` (`CLICKUP_TEAM_ID`); the parent is then read
+once by that id and used by its real id, the one subtasks carry in `parent`.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -22,8 +34,25 @@ from handler_cli.services import ServiceError
 log = logging.getLogger("handler_cli")
 
 PAGE_SIZE = 100  # ClickUp's fixed page size for Get Tasks
+# ClickUp's own task ids are short alphanumerics ("86c7r48ha"); a custom task id is a
+# Workspace prefix, a dash and a number ("DEV-123").
+_CUSTOM_TASK_ID = re.compile(r"[A-Za-z][A-Za-z0-9]*-\d+")
 # Statuses after which a request may have been handled, so a POST must not be sent again.
 _AMBIGUOUS_FOR_POST = frozenset({500, 502, 504})
+
+
+def is_custom_task_id(task_id: str) -> bool:
+    return _CUSTOM_TASK_ID.fullmatch(task_id.strip()) is not None
+
+
+@dataclass(frozen=True)
+class _Parent:
+    """The parent task as ClickUp knows it: its real id, its list, its name."""
+
+    task_id: str
+    list_id: str
+    name: str
+    list_name: str
 
 
 class ClickUpBoard:
@@ -44,11 +73,13 @@ class ClickUpBoard:
             raise ConfigError("CLICKUP_API_TOKEN is not set")
         self.base_url = settings.clickup_base_url.rstrip("/")
         self.parent_task_id = settings.clickup_parent_task_id
+        self.team_id = (settings.clickup_team_id or "").strip() or None
+        self._custom_ids_usable(self.parent_task_id)
         self.retry_base = settings.handler_retry_base_seconds
         self.max_attempts = max(1, max_attempts)
         self.max_rate_wait = max_rate_wait
         self.max_pages = max_pages
-        self._list_ids: dict[str, str] = {}
+        self._parents: dict[str, _Parent] = {}
         self._client = httpx.Client(
             base_url=self.base_url,
             # A personal token goes bare in the header: ClickUp rejects "Bearer pk_...".
@@ -67,25 +98,23 @@ class ClickUpBoard:
 
     def check(self) -> list[Finding]:
         """Read the parent task, for `doctor --check`: proves the token and the task id."""
-        task = self._request("GET", f"/task/{self.parent_task_id}")
-        list_info = task.get("list") or {}
-        if list_info.get("id"):
-            self._list_ids[self.parent_task_id] = str(list_info["id"])
-        return [proved(
-            f"parent task {self.parent_task_id} \"{task.get('name', '?')}\" in list "
-            f"{list_info.get('name', '?')} ({list_info.get('id', '?')})"
-        )]
+        parent = self._parent(self.parent_task_id)
+        named = (f"{self.parent_task_id} ({parent.task_id})"
+                 if parent.task_id != self.parent_task_id else parent.task_id)
+        return [proved(f"parent task {named} \"{parent.name}\" in list {parent.list_name} "
+                       f"({parent.list_id})")]
 
     def create_subtask(self, parent_id: str, name: str, description: str) -> str:
-        list_id = self._list_id(parent_id)
+        parent = self._parent(parent_id)
         task = self._request(
             "POST",
-            f"/list/{list_id}/task",
-            json={"name": name, "markdown_description": description, "parent": parent_id},
+            f"/list/{parent.list_id}/task",
+            json={"name": name, "markdown_content": description, "parent": parent.task_id},
         )
         task_id = task.get("id")
         if not task_id:
-            raise ServiceError("clickup", f"created a task in list {list_id} but got no id")
+            raise ServiceError("clickup", f"created a task in list {parent.list_id} but got "
+                               "no id")
         return str(task_id)
 
     def find_subtask(self, parent_id: str, marker: str) -> str | None:
@@ -95,7 +124,8 @@ class ClickUpBoard:
         Get Tasks (`subtasks=true`) returns descriptions 100 tasks a page: fewer calls.
         A task listed without any description field is read on its own.
         """
-        list_id = self._list_id(parent_id)
+        parent = self._parent(parent_id)
+        list_id = parent.list_id
         unread: list[str] = []
         for page in range(self.max_pages):
             data = self._request(
@@ -109,7 +139,7 @@ class ClickUpBoard:
             )
             tasks: list[dict[str, Any]] = data.get("tasks") or []
             for task in tasks:
-                if str(task.get("parent") or "") != parent_id:
+                if str(task.get("parent") or "") != parent.task_id:
                     continue
                 found = _has_marker(task, marker)
                 if found:
@@ -134,16 +164,32 @@ class ClickUpBoard:
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    def _list_id(self, parent_id: str) -> str:
-        if parent_id not in self._list_ids:
-            task = self._request("GET", f"/task/{parent_id}")
-            list_id = (task.get("list") or {}).get("id")
-            if not list_id:
+    def _custom_ids_usable(self, task_id: str) -> None:
+        if is_custom_task_id(task_id) and not self.team_id:
+            raise ConfigError(
+                f"CLICKUP_PARENT_TASK_ID={task_id} is a custom task id: ClickUp reads it only "
+                "with the Workspace id; set CLICKUP_TEAM_ID (the number after "
+                "app.clickup.com/ in the Workspace's URLs), or use the task's own id"
+            )
+
+    def _parent(self, parent_id: str) -> _Parent:
+        """The parent task, read once: its real id (a custom id resolved) and its list."""
+        if parent_id not in self._parents:
+            params = None
+            if is_custom_task_id(parent_id):
+                self._custom_ids_usable(parent_id)
+                assert self.team_id is not None
+                params = {"custom_task_ids": "true", "team_id": self.team_id}
+            task = self._request("GET", f"/task/{parent_id}", params=params)
+            list_info = task.get("list") or {}
+            if not list_info.get("id") or not task.get("id"):
                 raise ServiceError(
-                    "clickup", f"task {parent_id} has no list id", transient=False
+                    "clickup", f"task {parent_id} has no id or list id", transient=False
                 )
-            self._list_ids[parent_id] = str(list_id)
-        return self._list_ids[parent_id]
+            self._parents[parent_id] = _Parent(
+                str(task["id"]), str(list_info["id"]), str(task.get("name", "?")),
+                str(list_info.get("name", "?")))
+        return self._parents[parent_id]
 
     def _request(
         self,
