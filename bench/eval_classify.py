@@ -1,34 +1,58 @@
-"""Accuracy of step 1 (classify) on the labelled set, keywords only (no LLM at all).
+"""Step 1 (classify) on the labelled requests, keywords only (no LLM at all), by split.
 
-    python bench/eval_classify.py [--data tests/data/classify_eval.jsonl] [--errors]
+    python bench/eval_classify.py [--data tests/data/classify_eval.jsonl]
+                                  [--errors] [--unsure] [--split tune|held_out|all]
 
-Each line of the set is a full request payload plus "expected". The step runs as in
-production with no LLM configured, so a request the keywords are unsure about (confiance
-< 0.70) keeps its form's type; the "LLM share" is how many would have gone to Claude.
-Aims: accuracy >= 95 %, LLM share <= 15 % (the exit code is 1 when one is missed).
+Each line of the set is a full request payload plus "expected" (SUPPORT or MODELISATION)
+and "split" (tune or held_out, see bench/_eval.py). The step runs as in production with no
+LLM configured: confident keywords (confiance >= 0.70) decide; below, the LLM would be asked
+and, with none, the form's type stands. Printed per split: accuracy, how often the keywords
+decide and how often they are right when they do, the LLM share, the confident mistakes
+(a wrong label at a confidence that never reaches the LLM), accuracy per confidence band,
+and the same set read again without accents and with typos.
+
+Aims (exit code 1 when one is missed): no confident mistake on any split, also without
+accents or with typos; on the tune split accuracy >= 95 % and LLM share <= 15 %.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / "tests" / "data" / "classify_eval.jsonl"
-MIN_ACCURACY = 0.95
-MAX_LLM_SHARE = 0.15
+MIN_ACCURACY = 0.95  # on the tune split
+MAX_LLM_SHARE = 0.15  # on the tune split
 LABELS = ("SUPPORT", "MODELISATION")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _eval import Report, print_confusion  # noqa: E402  (run as a script or loaded by path)
+from _eval import (  # noqa: E402  (run as a script or loaded by path)
+    SPLITS,
+    Outcome,
+    SplitReport,
+    by_split,
+    print_bands,
+    print_confusion,
+    print_outcomes,
+    print_summary,
+    read_rows,
+    with_typos,
+    without_accents,
+)
+
+Rewrite = Callable[[str, int], str]
 
 
-def evaluate(path: Path = DEFAULT_DATA) -> Report:
-    """Classify every request of the set with no LLM and tally the outcome."""
+def evaluate(path: Path = DEFAULT_DATA, rewrite: Rewrite | None = None) -> dict[str, SplitReport]:
+    """Classify every request of the set with no LLM; one report per split, and "all".
+
+    `rewrite(text, line_number)` alters objet and description first (accents, typos).
+    """
     sys.path.insert(0, str(ROOT))
     from handler_cli.config import load_settings
     from handler_cli.context import Context
@@ -38,56 +62,90 @@ def evaluate(path: Path = DEFAULT_DATA) -> Report:
     data_dir = Path(tempfile.mkdtemp(prefix="handler-eval-"))
     settings = load_settings(environ={}, env_file=Path(os.devnull), handler_data_dir=data_dir)
     ctx = Context(settings)
-    report = Report(LABELS)
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        expected = row.pop("expected")
+    outcomes = []
+    for number, row in read_rows(path):
+        expected, split = row.pop("expected"), row.pop("split")
+        if rewrite is not None:
+            row["objet"] = rewrite(row["objet"], number) or row["objet"]
+            row["description"] = rewrite(row["description"], number) or row["description"]
         doc = Document.model_validate(row)
         keywords = score(doc)
-        unsure = keywords.label is None or keywords.confiance < CONFIDENCE_THRESHOLD
+        decided = keywords.label is not None and keywords.confiance >= CONFIDENCE_THRESHOLD
         run(doc, ctx)
-        predicted = doc.type_final or "?"
-        right = report.tally(expected, predicted, unsure)
-        if unsure:
-            report.unsure.append(
-                f"line {number}: {expected}, keywords {keywords.label} {keywords.confiance:.2f} "
-                f"{keywords.scores} {doc.objet!r}"
-            )
-        if not right:
-            why = doc.classification.reasons if doc.classification else []
-            report.errors.append(
-                f"line {number}: expected {expected}, got {predicted} "
-                f"(confiance {doc.confiance}) [{doc.source}] {doc.objet!r}\n    "
-                + "\n    ".join(why)
-            )
-    return report
+        outcomes.append(Outcome(
+            number=number, split=split, expected=expected,
+            keyword_label=keywords.label or "?", confiance=keywords.confiance,
+            decided=decided, final=doc.type_final or "?",
+            text=f"[{doc.source}] {doc.objet!r}: {doc.description[:70]!r}",
+            reasons=doc.classification.reasons if doc.classification else []))
+    return by_split(outcomes)
+
+
+def perturbed(path: Path = DEFAULT_DATA) -> dict[str, dict[str, SplitReport]]:
+    """The set read again without accents, and with typos (deterministic)."""
+    return {
+        "without accents": evaluate(path, lambda text, _: without_accents(text)),
+        "with typos": evaluate(path, with_typos),
+    }
+
+
+def aims_met(reports: dict[str, SplitReport],
+             variants: dict[str, dict[str, SplitReport]]) -> list[str]:
+    """The aims missed (empty when all are met)."""
+    missed = [f"{name}: {len(reports[name].confident_mistakes)} confident mistake(s)"
+              for name in SPLITS if reports[name].confident_mistakes]
+    missed += [f"{variant}: {len(v['all'].confident_mistakes)} confident mistake(s)"
+               for variant, v in variants.items() if v["all"].confident_mistakes]
+    tune = reports["tune"]
+    if tune.accuracy < MIN_ACCURACY:
+        missed.append(f"tune accuracy {tune.accuracy:.1%} < {MIN_ACCURACY:.0%}")
+    if tune.llm_share > MAX_LLM_SHARE:
+        missed.append(f"tune LLM share {tune.llm_share:.1%} > {MAX_LLM_SHARE:.0%}")
+    return missed
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--errors", action="store_true", help="show each misclassified request")
-    parser.add_argument("--unsure", action="store_true", help="show each request sent to the LLM")
+    parser.add_argument("--errors", action="store_true", help="list the wrong outcomes")
+    parser.add_argument("--unsure", action="store_true", help="list what would go to the LLM")
+    parser.add_argument("--split", choices=(*SPLITS, "all"), default="tune",
+                        help="which split --errors/--unsure list (default: tune; look at "
+                             "held_out only once tuning is over)")
     args = parser.parse_args()
 
-    report = evaluate(args.data)
-    print(f"requests:  {report.total}")
-    print(f"accuracy:  {report.accuracy:.1%}  (aim >= {MIN_ACCURACY:.0%})")
-    print(f"LLM share: {report.llm_share:.1%}  (aim <= {MAX_LLM_SHARE:.0%}; confiance < 0.70)")
-    print()
-    print_confusion(report, "expected \\ predicted", 22)
-    if args.errors and report.errors:
-        print("\nmisclassified:")
-        for error in report.errors:
-            print(error)
-    if args.unsure and report.unsure:
-        print("\nkeywords unsure (would ask the LLM):")
-        for line in report.unsure:
-            print(line)
-    ok = report.accuracy >= MIN_ACCURACY and report.llm_share <= MAX_LLM_SHARE
-    return 0 if ok else 1
+    reports = evaluate(args.data)
+    variants = perturbed(args.data)
+    print(f"labelled requests: {args.data.relative_to(ROOT) if args.data.is_relative_to(ROOT) else args.data}"
+          f"  (keywords only; with no LLM, an unsure request keeps its form's type)\n")
+    print_summary(reports, "form")
+    print("\nhow often the keyword label is right, by its confidence (below 0.70: the LLM decides):")
+    print_bands(reports)
+    for variant, v in variants.items():
+        changed = sum(o.final != base.final
+                      for o, base in zip(v["all"].outcomes, reports["all"].outcomes, strict=True))
+        print(f"\n{variant}: accuracy {v['all'].accuracy:.1%}, keywords decide "
+              f"{v['all'].keyword_share:.1%}, {changed} outcome(s) changed, "
+              f"{len(v['all'].confident_mistakes)} confident mistake(s)")
+    for name in SPLITS:
+        print(f"\n{name}: expected \\ outcome with no LLM")
+        print_confusion(reports[name], LABELS, "expected")
+
+    chosen = reports[args.split]
+    if args.errors:
+        print_outcomes("confident mistakes", chosen.confident_mistakes)
+        print_outcomes("wrong with no LLM (the form's type was kept)",
+                       [o for o in chosen.outcomes if not o.right and not o.decided])
+        for variant, v in variants.items():
+            print_outcomes(f"confident mistakes {variant}", SplitReport(
+                args.split, [o for o in v["all"].outcomes
+                             if args.split == "all" or o.split == args.split]).confident_mistakes)
+    if args.unsure:
+        print_outcomes("keywords unsure (would ask the LLM)",
+                       [o for o in chosen.outcomes if not o.decided])
+    missed = aims_met(reports, variants)
+    print("\naims: " + ("all met" if not missed else "MISSED: " + "; ".join(missed)))
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
