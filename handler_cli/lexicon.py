@@ -7,8 +7,11 @@ are compiled into an index by first word; `scan` walks a token list (from
 longest phrase first, then an exact first word before a prefix, a longer prefix before a
 shorter one, then the higher `rank`. A matched phrase consumes its words.
 
-Optionally, single-word terms added with `fuzzy=True` also match a token one typo away
-(a letter added, dropped, replaced, or two swapped) when no term matches it exactly.
+Optionally, terms added with `fuzzy=True` also match when their first word is one typo away
+(a letter added, dropped, replaced, or two swapped) from a token no term matches exactly: a
+word of at least `fuzzy_min_length` letters, a prefix of at least one more (a short prefix
+one edit away accepts too much: "chang" is one letter from "charg*"). Typos are looked up
+once per distinct token (memo), among the fuzzy words of the same first letter and length.
 What a match is worth (weights, negation, damping) stays with each reader: a term carries
 an opaque `payload`.
 """
@@ -96,7 +99,7 @@ class PhraseMatcher(Generic[T]):
         self._units = tuple(units)
         self._exact: dict[str, list[Phrase[T]]] = {}
         self._prefix: dict[int, dict[str, list[Phrase[T]]]] = {}  # by prefix length
-        # Single-word terms open to typos, by first letter: (word, is_prefix, phrase).
+        # Terms open to typos in their first word, by first letter: (word, is_prefix, phrase).
         self._fuzzy: dict[str, list[tuple[str, bool, Phrase[T]]]] = {}
         self._memo: dict[str, tuple[tuple[Phrase[T], bool], ...]] = {}
 
@@ -137,13 +140,13 @@ class PhraseMatcher(Generic[T]):
         first = words[0]
         for token in first.exact:
             phrase = Phrase(text, payload, size, rest, True, len(token),
-                            fuzzy and size == 1 and len(token) >= self.fuzzy_min_length, rank)
+                            fuzzy and len(token) >= self.fuzzy_min_length, rank)
             self._exact.setdefault(token, []).append(phrase)
             if phrase.fuzzy:
                 self._fuzzy.setdefault(token[0], []).append((token, False, phrase))
         for stem in first.prefixes:
             phrase = Phrase(text, payload, size, rest, False, len(stem),
-                            fuzzy and size == 1 and len(stem) >= self.fuzzy_min_length, rank)
+                            fuzzy and len(stem) > self.fuzzy_min_length, rank)
             self._prefix.setdefault(len(stem), {}).setdefault(stem, []).append(phrase)
             if phrase.fuzzy:
                 self._fuzzy.setdefault(stem[0], []).append((stem, True, phrase))
@@ -172,13 +175,12 @@ class PhraseMatcher(Generic[T]):
                 if more:
                     phrases.extend(more)
         result: tuple[tuple[Phrase[T], bool], ...]
-        if phrases:
-            phrases.sort(key=lambda p: (-p.size, not p.exact_first, -p.stem_length, -p.rank))
-            result = tuple((p, False) for p in phrases)
-        elif self._fuzzy and len(lookup) >= self.fuzzy_min_length:
-            result = tuple((p, True) for p in self._typo_matches(lookup))
-        else:
-            result = ()
+        by_typo = False
+        if not phrases and self._fuzzy and len(lookup) >= self.fuzzy_min_length \
+                and lookup.isalpha():
+            phrases, by_typo = self._typo_matches(lookup), True
+        phrases.sort(key=lambda p: (-p.size, not p.exact_first, -p.stem_length, -p.rank))
+        result = tuple((p, by_typo) for p in phrases)
         if len(self._memo) >= _MEMO_LIMIT:
             self._memo.clear()
         self._memo[token] = result
@@ -186,7 +188,10 @@ class PhraseMatcher(Generic[T]):
 
     def _typo_matches(self, token: str) -> list[Phrase[T]]:
         hits: list[Phrase[T]] = []
+        width = len(token)
         for word, is_prefix, phrase in self._fuzzy.get(token[0], ()):
+            if not is_prefix and abs(len(word) - width) > 1:
+                continue
             if is_prefix:
                 n = len(word)
                 ok = any(

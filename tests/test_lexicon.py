@@ -73,6 +73,31 @@ def test_a_one_letter_typo_matches_only_long_fuzzy_words_without_an_exact_match(
     assert found(m, "pain") == []
 
 
+def test_a_typo_in_the_first_word_of_a_phrase_still_finds_the_phrase() -> None:
+    m: PhraseMatcher[str] = PhraseMatcher(fuzzy_min_length=5)
+    m.add("livre|livree en retard", "late", fuzzy=True)
+
+    assert found(m, "modèle lirvé en retard") == [("late", "lirve en retard", True)]
+    assert found(m, "modèle lirvé à temps") == []  # the other words must match as written
+
+
+def test_a_prefix_needs_one_more_letter_than_a_word_to_accept_typos() -> None:
+    m: PhraseMatcher[str] = PhraseMatcher(fuzzy_min_length=5)
+    m.add("charg* pas", "not loading", fuzzy=True)  # a 5-letter prefix: too short
+    m.add("modelis*", "modelling", fuzzy=True)
+
+    assert found(m, "ça ne change pas") == []
+    assert found(m, "ça ne chrage pas") == []
+    assert found(m, "modelsiation") == [("modelling", "modelsiation", True)]
+
+
+def test_a_token_with_digits_is_never_read_as_a_typo() -> None:
+    m: PhraseMatcher[str] = PhraseMatcher(fuzzy_min_length=5)
+    m.add("modele", "model", fuzzy=True)
+
+    assert found(m, "model3 modele") == [("model", "modele", False)]
+
+
 def test_a_number_glued_to_a_unit_starts_a_term_as_the_unit() -> None:
     m: PhraseMatcher[str] = PhraseMatcher(units=("cm", "mm"))
     m.add("cm de haut", "size")

@@ -7,13 +7,18 @@ How `confiance` is computed
 ---------------------------
 The folded `objet`, `description` and attached file names are matched against the weighted
 lexicon `handler_cli/data/lexicon.json` (words, `stem*` prefixes and multi-word phrases;
-longest match first, a matched phrase consumes its words). Each lexicon term counts once, with
-its best occurrence: ×`title_factor` (1.5) when found in `objet`, ×`file_name_factor` (0.5)
-in a file name, ×`fuzzy_factor` (0.75) when matched through a one-letter typo. Attached files
-add their extension's weight (3D files .glb .usdz .obj .fbx .stl... 5, images 0.75). Then
-`damping` discounts one side's topical words when the other side's strong evidence is present:
-"le modèle 3D ne s'affiche pas" is a malfunction about a 3D model, so the 3D words and files
-count ×0.25 next to malfunction, billing or account terms worth 3 or more.
+longest match first, a matched phrase consumes its words; an order or ticket number such as
+"#2231" reads as the word `numref`). Each lexicon term counts once, with its best occurrence:
+×`title_factor` (1.5) when found in `objet`, ×`file_name_factor` (0.5) in a file name,
+×`fuzzy_factor` (0.6) when matched through a one-letter typo (words of 5+ letters). Attached
+files add their extension's weight (3D files .glb .usdz .obj .fbx .stl... 5, images 0.75).
+Then `damping` discounts one side's words when the other side's evidence says what they are
+about: "le modèle 3D ne s'affiche pas" is a malfunction about a 3D model, so the 3D words and
+files count ×0.25 next to malfunction, billing or account terms worth 3 or more; "le canapé
+que vous m'avez livré" is about a model already delivered, so its 3D words and files count
+×0.25, and "refaire", "le devis" ×0.5 (a correction, the old quote); an after-sales act
+(where is my model, correct it, another format, cancel the order, credits taken) also halves
+the modelling verbs; an ask for new work ("la table assortie") halves the references.
 
 With s the SUPPORT score, m the MODELISATION score and a = `smoothing` (1.0), each label's
 probability is its smoothed share of the evidence::
@@ -22,14 +27,18 @@ probability is its smoothed share of the evidence::
 
 The label with the larger share wins and `confiance` is that share: 0.5 without evidence,
 0.83 for one strong word (weight 4) alone; to reach 0.70 the winner needs about 2.3× the
-loser's score plus 1.33. Below 0.70 the LLM is asked, and its label counts when its own
-confidence reaches 0.70 (`confiance` = that confidence). When it is unsure too, fails or is
-not configured, the form's type is kept and `confiance` is the keyword share of that type.
+loser's score plus 1.33. A label also needs `min_evidence` (2.5) of its own, not counting the
+`context_roles` (a reference to an earlier order says what a request is about, not what it
+asks): below, `confiance` is capped at 0.69, so a lone "modèle" or a lone typo never decides.
+Below 0.70 the LLM is asked, and its label counts when its own confidence reaches 0.70
+(`confiance` = that confidence). When it is unsure too, fails or is not configured, the
+form's type is kept and `confiance` is the keyword share of that type.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -47,9 +56,25 @@ if TYPE_CHECKING:
 log = logging.getLogger("handler_cli")
 
 CONFIDENCE_THRESHOLD = 0.70
+UNSURE_CAP = 0.69  # the most a label gets without `min_evidence` behind it
 LABELS: tuple[RequestType, RequestType] = ("SUPPORT", "MODELISATION")
 _UNITS = ("mm", "cm")
 _LLM_MAX_CHARS = 6000
+# An order or ticket number ("#2231", "n° 1042", "ticket 1088", "commande 2231") says the
+# request follows up something already ordered; the lexicon sees it as the word "numref".
+# Product references ("réf. 4521") are left alone: new requests cite them too.
+_REFERENCE = re.compile(
+    r"(?:#|\bn°|\bno\.)\s?\d{2,}|\b(ticket|commande|order)\s*(?:n°|no\.|#|:)?\s*\d{3,}",
+    re.IGNORECASE)
+
+
+def _references(match: re.Match[str]) -> str:
+    return f" {match.group(1) or ''} numref "
+
+
+def _words(text: str) -> list[str]:
+    """Folded words of a request field, order and ticket numbers read as 'numref'."""
+    return fold(_REFERENCE.sub(_references, text)).split()
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -86,6 +111,9 @@ class Lexicon:
         self.file_name_factor = float(data.get("file_name_factor", 0.5))
         self.fuzzy_factor = float(data.get("fuzzy_factor", 0.75))
         self.fuzzy_min_length = int(data.get("fuzzy_min_length", 7))
+        self.min_evidence = float(data.get("min_evidence", 0.0))
+        self.context_roles = frozenset(data.get("context_roles", ()))
+        fuzzy_default = bool(data.get("fuzzy", False))
         self.matcher: PhraseMatcher[Term] = PhraseMatcher(
             "lexicon", fuzzy_min_length=self.fuzzy_min_length, units=_UNITS)
         seen: dict[str, str] = {}
@@ -95,7 +123,7 @@ class Lexicon:
             if label is not None and label not in LABELS:
                 raise ValueError(f"lexicon: group {name}: unknown label {label!r}")
             role = group.get("role", "signal")
-            fuzzy = bool(group.get("fuzzy", False))
+            fuzzy = bool(group.get("fuzzy", fuzzy_default))
             for raw in group["terms"]:
                 text, weight = (raw, group["weight"]) if isinstance(raw, str) else raw
                 key = " ".join(text.split())
@@ -150,6 +178,11 @@ class KeywordScore:
     reasons: list[str] = field(default_factory=list)
     smoothing: float = 1.0
 
+    @property
+    def decided(self) -> bool:
+        """Confident enough for the keywords to decide alone (else the LLM is asked)."""
+        return self.label is not None and self.confiance >= CONFIDENCE_THRESHOLD
+
     def share(self, label: str) -> float:
         """Smoothed share of the evidence for `label` (see the module docstring)."""
         a = self.smoothing
@@ -169,8 +202,8 @@ def score_request(
     """Score a request's text and attachments against the lexicon (no I/O, ~tens of µs)."""
     lex = lexicon or load_lexicon()
     hits: Hits = {}
-    lex.scan(fold(objet).split(), lex.title_factor, hits)
-    lex.scan(fold(description).split(), 1.0, hits)
+    lex.scan(_words(objet), lex.title_factor, hits)
+    lex.scan(_words(description), 1.0, hits)
     file_hits: dict[str, float] = {}
     for name in file_names:
         stem, ext = _split_name(name)
@@ -200,6 +233,7 @@ def score_request(
                 notes.append(f"{rule.why} (x{rule.factor:g})")
 
     scores = {"SUPPORT": 0.0, "MODELISATION": 0.0}
+    evidence = {"SUPPORT": 0.0, "MODELISATION": 0.0}  # without the context roles
     contributions: dict[str, list[tuple[float, str]]] = {"SUPPORT": [], "MODELISATION": []}
     for phrase, (factor, words) in hits.items():
         term = phrase.payload
@@ -207,10 +241,13 @@ def score_request(
             continue
         value = term.weight * factor * discounts.get((term.label, term.role), 1.0)
         scores[term.label] += value
+        if term.role not in lex.context_roles:
+            evidence[term.label] += value
         contributions[term.label].append((value, words))
     file_discount = discounts.get((lex.file_label, lex.file_role), 1.0)
     for ext, weight in file_hits.items():
         scores[lex.file_label] += weight * file_discount
+        evidence[lex.file_label] += weight * file_discount
         contributions[lex.file_label].append((weight * file_discount, f"file {ext}"))
 
     result = KeywordScore(label=None, confiance=0.5, scores=scores, smoothing=lex.smoothing)
@@ -218,6 +255,11 @@ def score_request(
     if s != m:
         result.label = "SUPPORT" if s > m else "MODELISATION"
         result.confiance = result.share(result.label)
+        own = evidence[result.label]
+        if own < lex.min_evidence and result.confiance >= UNSURE_CAP:
+            result.confiance = UNSURE_CAP
+            notes.append(f"too little evidence to decide alone ({own:.2f} < "
+                         f"{lex.min_evidence:g}): confiance capped at {UNSURE_CAP:g}")
     result.scores = {k: round(v, 3) for k, v in scores.items()}
     result.reasons = [f"keywords: SUPPORT {s:.2f} vs MODELISATION {m:.2f}"]
     for label in LABELS:
@@ -265,7 +307,7 @@ def run(doc: Document, ctx: Context) -> Document:
     if doc.type_final is not None:
         return doc
     kw = score(doc)
-    if kw.label is not None and kw.confiance >= CONFIDENCE_THRESHOLD:
+    if kw.decided and kw.label is not None:
         reasons = [f"keywords decided {kw.label} (confiance {kw.confiance:.2f})", *kw.reasons]
         return _decide(doc, kw.label, kw.confiance,
                        Classification(method="keywords", reasons=reasons, scores=kw.scores))
