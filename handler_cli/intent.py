@@ -1,15 +1,20 @@
-"""What does a client's reply to a quote mean: validation, refus, question or nothing?
+"""What does a client's reply to a quote mean: validation, refus, question, none or unclear?
 
 Read like a person would, not by spotting words: the quoted history and signature are cut
-first (our own quote e-mail is full of "?" and "valider"), a negation flips what it governs
-("je ne valide pas", "ce n'est pas OK" are refusals), a question outranks an approval ("OK
-mais quel délai ?" needs an answer before any work starts), a polite order keeps its "?"
-("pouvez-vous lancer la modélisation ?" is a go), and auto-replies or plain thanks mean
-nothing. The phrases live in `handler_cli/data/reply_lexicon.json`.
+first (`handler_cli.reply_text`: our own quote e-mail is full of "?" and "valider"), a
+negation flips what it governs ("je ne valide pas", "ce n'est pas OK" are refusals), a
+question outranks an approval ("OK mais quel délai ?" needs an answer before any work
+starts), a question needs no "?" ("je voudrais comprendre comment ... avant de m'engager"),
+a polite order keeps its "?" ("pouvez-vous lancer la modélisation ?" is a go), emoji count
+(👍 leans to a go, not enough alone), and auto-replies, plain thanks or "je regarde demain"
+mean nothing. The phrases live in `handler_cli/data/reply_lexicon.json`.
 
 `confiance` follows the same rule as classification: below 0.70 the LLM is asked (when one
-is given); its answer counts from 0.70; otherwise, or when it fails, the best keyword guess
-is kept with method "fallback" (unsure: callers should not start work on it).
+is given); its answer counts from 0.70. Otherwise, or when it fails, the reading is
+`unclear` (method "fallback", the keyword guess in `guess`): the poll forwards it to the
+admin, nobody acts on it. `none` is kept for what is confidently not an answer: an
+auto-reply, an empty reply, thanks or a "je reviens vers vous" with little else in it. A
+reply whose words are mostly not recognised is never a confident `none`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from handler_cli.data import load_json
 from handler_cli.lexicon import PhraseMatcher
+from handler_cli.reply_text import split_reply, strip_quoted
 from handler_cli.text import fold
 
 if TYPE_CHECKING:
@@ -29,60 +35,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("handler_cli")
 
-Intent = Literal["validation", "refus", "question", "none"]
-INTENTS: tuple[Intent, ...] = ("validation", "refus", "question", "none")
+Intent = Literal["validation", "refus", "question", "none", "unclear"]
+INTENTS: tuple[Intent, ...] = ("validation", "refus", "question", "none", "unclear")
 CONFIDENCE_THRESHOLD = 0.70
+UNSURE_CAP = 0.69  # the most a reading gets when it should not decide alone
 _MAX_LLM_CHARS = 4000
 
-# -- quoted history and signatures ------------------------------------------------------------
-
-_I = re.IGNORECASE | re.MULTILINE
-_CUTS = (
-    # "Le lun. 3 mars 2025 à 10:12, Valione <x@y.fr> a écrit :" (Gmail wraps it on 2-3 lines)
-    re.compile(r"^[ \t]*Le\b[^\n]{0,300}(?:\n[^\n]{0,300}){0,2}?\ba\s+[ée]crit\s*:", _I),
-    re.compile(r"^[ \t]*On\b[^\n]{0,300}(?:\n[^\n]{0,300}){0,2}?\bwrote\s*:", _I),
-    # Outlook: "De : ..." followed within a few lines by "Envoyé : ..." / "Sent: ..."
-    re.compile(r"^[ \t]*\*?(?:De|From)\s*:\*?[^\n]*\n(?:[^\n]*\n){0,3}?[ \t]*\*?"
-               r"(?:Envoy[ée]|Sent|Date|[ÀA]|To)\s*:", _I),
-    re.compile(r"^[ \t]*-{2,}\s*(?:Original Message|Message d'origine|Message original|"
-               r"Forwarded message|Message transf[ée]r[ée])\s*-{2,}", _I),
-    re.compile(r"^[ \t]*_{10,}[ \t]*$", _I),
-    # Signature separator, and what mobile clients append.
-    re.compile(r"^--[ \t]*$", re.MULTILINE),
-    re.compile(r"^[ \t]*(?:Envoy[ée] (?:de|depuis) (?:mon|ma|l'application)|Sent from my|"
-               r"Get Outlook for|T[ée]l[ée]charger Outlook pour|Obtenir Outlook pour)\b", _I),
-)
-_ATTRIBUTION = (_CUTS[0], _CUTS[1])
-_QUOTED_LINE = re.compile(r"^[ \t]*>.*$\n?", re.MULTILINE)
-
-
-def _first_cut(text: str, patterns: tuple[re.Pattern[str], ...]) -> int:
-    starts = [m.start() for p in patterns if (m := p.search(text))]
-    return min(starts, default=len(text))
-
-
-def strip_quoted(text: str) -> str:
-    """The client's own words: no quoted history, attribution lines or signature.
-
-    Top-posting (the usual case) keeps what comes before the first quote marker. When the
-    client answered below the quote (bottom-posting), the '>' lines and the attribution
-    line are removed instead and the text after them is kept.
-    """
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    head = text[:_first_cut(text, _CUTS)]
-    head = _QUOTED_LINE.sub("", head).strip()
-    if head:
-        return _tidy(head)
-    # Bottom-posting: drop quoted lines and attributions, then cut at the signature.
-    rest = _QUOTED_LINE.sub("", text)
-    for pattern in _ATTRIBUTION:
-        rest = pattern.sub("", rest)
-    rest = rest[:_first_cut(rest, _CUTS[2:])]
-    return _tidy(rest.strip())
-
-
-def _tidy(text: str) -> str:
-    return re.sub(r"\n{3,}", "\n\n", text)
+__all__ = ["CONFIDENCE_THRESHOLD", "INTENTS", "Intent", "IntentResult", "ReplyLexicon",
+           "load_reply_lexicon", "read_intent", "read_keywords", "strip_quoted"]
 
 
 # -- the reply lexicon ------------------------------------------------------------------------
@@ -107,13 +67,20 @@ class ReplyLexicon:
         self.question_threshold = float(data.get("question_threshold", 2.5))
         self.negation_window = int(data.get("negation_window", 3))
         self.contrast_factor = float(data.get("contrast_factor", 1.5))
+        self.fuzzy_factor = float(data.get("fuzzy_factor", 0.75))
+        self.none_max_unexplained = int(data.get("none_max_unexplained", 2))
         self.flip = {k: (v["to"], float(v["factor"]))
                      for k, v in data.get("negation_flip", {}).items()}
         self.negators = frozenset(data.get("negators", ()))
         self.negators_after = frozenset(data.get("negators_after", ()))
         self.contrast = frozenset(data.get("contrast", ()))
+        self.filler = frozenset(data.get("filler", ()))
+        self.emoji = str.maketrans({e: f" {word} " for word, chars in data.get("emoji", {}).items()
+                                    for e in chars})
         self._self_negating = self.negators | {"plus", "sans"}
-        self.matcher: PhraseMatcher[_Term] = PhraseMatcher("reply lexicon")
+        self.matcher: PhraseMatcher[_Term] = PhraseMatcher(
+            "reply lexicon", fuzzy_min_length=int(data.get("fuzzy_min_length", 5)),
+            fuzzy_rest=True)
         seen: set[str] = set()
         for group in data["groups"]:
             for raw in group["terms"]:
@@ -125,12 +92,12 @@ class ReplyLexicon:
                 no_flip = any(word.exact & self._self_negating for word in words)
                 term = _Term(text, group.get("intent"), float(weight), bool(group.get("order")),
                              bool(group.get("start_only")), no_flip)
-                self.matcher.add(text, term, words=words)
+                self.matcher.add(text, term, words=words, fuzzy=bool(group.get("fuzzy", True)))
 
-    def scan(self, tokens: list[str]) -> list[tuple[int, int, _Term]]:
-        """(start, end, term) for each phrase found, longest first, left to right."""
-        return [(start, end, phrase.payload)
-                for start, end, phrase, _ in self.matcher.scan(tokens)]
+    def scan(self, tokens: list[str]) -> list[tuple[int, int, _Term, bool]]:
+        """(start, end, term, by_typo) for each phrase found, longest first, left to right."""
+        return [(start, end, phrase.payload, by_typo)
+                for start, end, phrase, by_typo in self.matcher.scan(tokens)]
 
 
 @lru_cache(maxsize=1)
@@ -150,18 +117,20 @@ class IntentResult:
     method: Literal["keywords", "llm", "fallback"]
     reasons: list[str] = field(default_factory=list)
     usage: dict[str, int] | None = None
+    guess: Intent = "none"  # what the keywords read, however unsure
 
 
 _EN_NEGATIVE_STEMS = frozenset({"don", "doesn", "didn", "isn", "aren", "wasn", "won", "can",
                                 "couldn", "wouldn", "shouldn", "haven", "hasn"})
 _URL = re.compile(r"(?:https?://|www\.)\S+|\S+@\S+\.\w+", re.IGNORECASE)
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]*|[.!?]+")
+_CLAUSE = re.compile(r"[,;:]")
 
 
-def _tokens(clause: str) -> list[str]:
-    """Folded words, English contractions joined ("don't" -> "dont")."""
+def _tokens(clause: str, lex: ReplyLexicon) -> list[str]:
+    """Folded words, emoji as words ("emojiok"), English contractions joined ("dont")."""
     out: list[str] = []
-    for tok in fold(clause).split():
+    for tok in fold(clause.translate(lex.emoji)).split():
         if tok == "t" and out and out[-1] in _EN_NEGATIVE_STEMS:
             out[-1] += "t"
         else:
@@ -175,6 +144,7 @@ class _Evidence:
         ("validation", "refus", "question", "none", "out_of_office"), 0.0))
     seen: dict[tuple[str, str], float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    unexplained: list[str] = field(default_factory=list)  # words no phrase accounts for
 
     def add(self, intent: str, key: str, value: float, note: str) -> None:
         best = self.seen.get((intent, key), 0.0)
@@ -191,10 +161,10 @@ def _read_keywords(body: str, lex: ReplyLexicon) -> tuple[Intent, float, list[st
         is_question = "?" in sentence
         polite_order = False
         factor = 1.0
-        for clause in re.split(r"[,;:]", sentence):
+        for clause in _CLAUSE.split(sentence):
             segment: list[str] = []
             segments: list[tuple[list[str], float]] = []
-            for tok in _tokens(clause):
+            for tok in _tokens(clause, lex):
                 if tok in lex.contrast:
                     segments.append((segment, factor))
                     segment, factor = [], lex.contrast_factor
@@ -208,7 +178,7 @@ def _read_keywords(body: str, lex: ReplyLexicon) -> tuple[Intent, float, list[st
                    f"question mark: '{sentence.strip()[:60]}'")
 
     s = ev.scores
-    reasons = [n for n in ev.notes]
+    reasons = list(ev.notes)
     if s["out_of_office"] > 0:
         return "none", 0.95, ["automatic reply / out of office", *reasons]
     if s["question"] >= lex.question_threshold:
@@ -221,24 +191,36 @@ def _read_keywords(body: str, lex: ReplyLexicon) -> tuple[Intent, float, list[st
         intent: Intent = "validation" if v >= r else "refus"
         conf = (max(v, r) + a) / (v + r + 2 * a)
         return intent, conf, [f"validation {v:.2f} vs refus {r:.2f}", *reasons]
-    if s["none"] > 0:
+    unexplained = len(ev.unexplained)
+    if s["none"] > 0 and unexplained <= lex.none_max_unexplained:
         return "none", 0.85, ["thanks or acknowledgement only", *reasons]
-    return "none", 0.4, ["nothing recognised"]
+    if s["none"] > 0:
+        return "none", 0.6, [f"thanks or acknowledgement, but {unexplained} word(s) not "
+                             f"understood: {' '.join(ev.unexplained[:8])}", *reasons]
+    return "none", 0.4, ["nothing recognised" + (
+        f": {' '.join(ev.unexplained[:8])}" if unexplained else "")]
 
 
 def _read_segment(tokens: list[str], factor: float, lex: ReplyLexicon, ev: _Evidence) -> bool:
     """Score one clause segment; True when it holds an (unnegated) polite order."""
     matches = lex.scan(tokens)
-    consumed = {k for start, end, _ in matches for k in range(start, end)}
+    # Positions taken by a phrase, with its intent: the words of a refusal ("ne souhaite
+    # plus", "non", "decided not to") still negate what follows them; those of "pas de
+    # souci" do not.
+    consumed = {k: term.intent for start, end, term, _ in matches for k in range(start, end)}
+    ev.unexplained.extend(t for k, t in enumerate(tokens)
+                          if k not in consumed and t not in lex.filler and not t.isdigit())
     polite_order = False
-    for start, end, term in matches:
+    for start, end, term, by_typo in matches:
         if term.intent is None or term.weight <= 0:
             continue
         intent, value = term.intent, term.weight * factor
+        if by_typo:
+            value *= lex.fuzzy_factor
         words = " ".join(tokens[start:end])
         if intent in lex.flip and not term.no_flip:
             before = [tokens[k] for k in range(max(0, start - lex.negation_window), start)
-                      if k not in consumed]
+                      if consumed.get(k, "refus") == "refus"]
             after = tokens[end] if end < len(tokens) and end not in consumed else ""
             if any(t in lex.negators for t in before) or after in lex.negators_after:
                 intent, flip_factor = lex.flip[intent]
@@ -254,28 +236,45 @@ def _read_segment(tokens: list[str], factor: float, lex: ReplyLexicon, ev: _Evid
     return polite_order
 
 
+def read_keywords(text: str) -> IntentResult:
+    """The keywords' reading of a reply (raw or already stripped), however unsure.
+
+    Method "keywords"; `read_intent` decides what an unsure one becomes.
+    """
+    parts = split_reply(text)
+    if not parts.own.strip():
+        if not parts.doubtful.strip():
+            return IntentResult("none", 0.9, "keywords", ["empty reply once quotes are removed"])
+        # Only signature lines are left: an answer typed under the signature with no blank
+        # line looks like one. Read them, never trusting the result.
+        intent, conf, reasons = _read_keywords(parts.doubtful, load_reply_lexicon())
+        conf = min(conf, UNSURE_CAP)
+        reasons = ["only the signature block holds words: read, not trusted", *reasons]
+        return IntentResult(intent, round(conf, 3), "keywords", reasons, guess=intent)
+    intent, conf, reasons = _read_keywords(parts.own, load_reply_lexicon())
+    return IntentResult(intent, round(conf, 3), "keywords", reasons, guess=intent)
+
+
 def read_intent(text: str, llm: LLM | None = None) -> IntentResult:
     """Read a reply (raw or already stripped): keywords, then the LLM when unsure.
 
-    Never raises because of the LLM: any failure is logged and the keyword guess kept.
+    Never raises because of the LLM: any failure is logged and the reading is `unclear`.
     """
-    body = strip_quoted(text)
-    if not body.strip():
-        return IntentResult("none", 0.9, "keywords", ["empty reply once quotes are removed"])
-    intent, conf, reasons = _read_keywords(body, load_reply_lexicon())
-    conf = round(conf, 3)
-    if conf >= CONFIDENCE_THRESHOLD:
-        return IntentResult(intent, conf, "keywords", reasons)
+    keywords = read_keywords(text)
+    if keywords.confiance >= CONFIDENCE_THRESHOLD:
+        return keywords
 
-    reasons = [f"keywords unsure ({intent}, confiance {conf:.3f})", *reasons]
+    reasons = [f"keywords unsure ({keywords.guess}, confiance {keywords.confiance:.3f})",
+               *keywords.reasons]
     usage: dict[str, int] | None = None
     if llm is None:
         reasons.append("no LLM configured")
     else:
+        body = split_reply(text)
         try:
-            verdict = llm.classify_reply(body[:_MAX_LLM_CHARS])
+            verdict = llm.classify_reply((body.own or body.doubtful)[:_MAX_LLM_CHARS])
         except Exception as exc:  # noqa: BLE001 - any LLM failure falls back, never crashes
-            log.warning("reply intent: LLM failed, keeping the keyword guess: %s", exc)
+            log.warning("reply intent: LLM failed, the reply goes to a person: %s", exc)
             reasons.append(f"LLM failed: {exc}")
         else:
             usage = dict(verdict.usage) if verdict.usage else None
@@ -286,7 +285,8 @@ def read_intent(text: str, llm: LLM | None = None) -> IntentResult:
             elif verdict.confidence >= CONFIDENCE_THRESHOLD:
                 label: Intent = verdict.label  # type: ignore[assignment]
                 return IntentResult(label, round(verdict.confidence, 3), "llm",
-                                    [said, *reasons], usage)
+                                    [said, *reasons], usage, guess=keywords.guess)
             else:
                 reasons.append(f"LLM unsure: {said}")
-    return IntentResult(intent, conf, "fallback", reasons, usage)
+    return IntentResult("unclear", keywords.confiance, "fallback", reasons, usage,
+                        guess=keywords.guess)

@@ -11,7 +11,9 @@ Optionally, terms added with `fuzzy=True` also match when their first word is on
 (a letter added, dropped, replaced, or two swapped) from a token no term matches exactly: a
 word of at least `fuzzy_min_length` letters, a prefix of at least one more (a short prefix
 one edit away accepts too much: "chang" is one letter from "charg*"). Typos are looked up
-once per distinct token (memo), among the fuzzy words of the same first letter and length.
+once per distinct token (memo), among the fuzzy words of the same first letter. With
+`fuzzy_rest`, a typo is also accepted in the other words of a fuzzy phrase ("pouvez-vous
+lanccer"); that check runs at each mismatch, so it is left to readers off the hot path.
 What a match is worth (weights, negation, damping) stays with each reader: a term carries
 an opaque `payload`.
 """
@@ -45,8 +47,9 @@ class Phrase(Generic[T]):
     rest: tuple[Word, ...]  # words 2..n
     exact_first: bool  # the first word is an exact word, not a prefix
     stem_length: int  # length of the first word (or prefix)
-    fuzzy: bool  # open to one-typo matches
+    fuzzy: bool  # its first word is open to one-typo matches
     rank: float  # last tie-breaker between candidates, higher first
+    typos: bool = False  # added with fuzzy=True: its other words too, with `fuzzy_rest`
 
 
 # A term found in a token list: (start, end, phrase, by_typo) for tokens[start:end], by_typo
@@ -93,9 +96,13 @@ class PhraseMatcher(Generic[T]):
         *,
         fuzzy_min_length: int = 7,
         units: Sequence[str] = (),
+        fuzzy_rest: bool = False,
     ) -> None:
         self.name = name
         self.fuzzy_min_length = fuzzy_min_length
+        # Also accept a typo in the other words of a fuzzy phrase (a little slower: for
+        # readers off the hot path, such as the reply reader).
+        self.fuzzy_rest = fuzzy_rest
         self._units = tuple(units)
         self._exact: dict[str, list[Phrase[T]]] = {}
         self._prefix: dict[int, dict[str, list[Phrase[T]]]] = {}  # by prefix length
@@ -140,13 +147,13 @@ class PhraseMatcher(Generic[T]):
         first = words[0]
         for token in first.exact:
             phrase = Phrase(text, payload, size, rest, True, len(token),
-                            fuzzy and len(token) >= self.fuzzy_min_length, rank)
+                            fuzzy and len(token) >= self.fuzzy_min_length, rank, fuzzy)
             self._exact.setdefault(token, []).append(phrase)
             if phrase.fuzzy:
                 self._fuzzy.setdefault(token[0], []).append((token, False, phrase))
         for stem in first.prefixes:
             phrase = Phrase(text, payload, size, rest, False, len(stem),
-                            fuzzy and len(stem) > self.fuzzy_min_length, rank)
+                            fuzzy and len(stem) > self.fuzzy_min_length, rank, fuzzy)
             self._prefix.setdefault(len(stem), {}).setdefault(stem, []).append(phrase)
             if phrase.fuzzy:
                 self._fuzzy.setdefault(stem[0], []).append((stem, True, phrase))
@@ -204,6 +211,18 @@ class PhraseMatcher(Generic[T]):
                 hits.append(phrase)
         return hits
 
+    def _near(self, token: str, exact: frozenset[str], prefixes: tuple[str, ...]) -> bool:
+        """One typo away from one of a phrase word's alternatives (long enough words only)."""
+        if len(token) < self.fuzzy_min_length or not token.isalpha():
+            return False
+        if any(len(w) >= self.fuzzy_min_length and _within_one_edit(token, w) for w in exact):
+            return True
+        return any(
+            len(p) > self.fuzzy_min_length and any(
+                _within_one_edit(token[:k], p) for k in (len(p) - 1, len(p), len(p) + 1)
+                if k <= len(token))
+            for p in prefixes)
+
     def scan(self, tokens: Sequence[str]) -> list[Match[T]]:
         """Every term found in `tokens`, left to right, the best one at each position."""
         found: list[Match[T]] = []
@@ -225,6 +244,9 @@ class PhraseMatcher(Generic[T]):
                     for k, (exact, prefixes) in enumerate(phrase.rest, i + 1):
                         tok = tokens[k]
                         if tok not in exact and not (prefixes and tok.startswith(prefixes)):
+                            if self.fuzzy_rest and phrase.typos and self._near(tok, exact, prefixes):
+                                by_typo = True
+                                continue
                             ok = False
                             break
                     if not ok:

@@ -86,7 +86,26 @@ def test_classify_reply_uses_its_own_tool_and_labels(
     body = fake.calls[-1].body
     assert body["tool_choice"]["name"] == "lire_reponse"
     assert body["tools"][0]["input_schema"]["properties"]["label"]["enum"] == [
-        "validation", "refus", "question", "none"]
+        "validation", "refus", "question", "none", "unclear"]
+
+
+def test_the_prompts_give_claude_the_distinctions_keywords_get_wrong(
+    fake: FakeMessagesAPI, tmp_path: Path
+) -> None:
+    llm = ClaudeLLM(settings_for(fake, tmp_path))
+    fake.answer("SUPPORT", 0.9)
+    llm.classify_request("Objet : Format\nDescription : le modèle livré, en OBJ svp")
+    fake.answer("unclear", 0.9)
+    verdict = llm.classify_reply("👍")
+
+    request, reply = fake.calls[-2].body, fake.calls[-1].body
+    assert "après-vente" in request["system"] and "NOUVEAU travail" in request["system"]
+    assert "déjà commandé ou livré" in request["tools"][0]["input_schema"]["properties"][
+        "label"]["description"]
+    assert "signature" in reply["system"] and "Envoyé de mon iPhone" in reply["system"]
+    assert "sans point d'interrogation" in reply["system"]
+    assert "unclear" in reply["tools"][0]["input_schema"]["properties"]["label"]["description"]
+    assert verdict.label == "unclear"
 
 
 def test_step_one_lets_the_llm_decide_an_ambiguous_request(

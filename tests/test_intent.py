@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,6 +48,58 @@ def test_strip_quoted_keeps_an_answer_written_below_the_quote() -> None:
     raw = QUOTE_FR + "\nOui je valide, merci.\n-- \nClaire"
 
     assert strip_quoted(raw) == "Oui je valide, merci."
+
+
+PHONE_QUOTE = (
+    "Le 4 mars 2026 à 10:12, Valione Services <no-reply@valione-services.com> a écrit :\n\n"
+    "> Notre estimation : 1 crédit.\n> Pour lancer la modélisation, répondez « Je valide ».\n"
+    "> Une question ? Répondez-nous.\n"
+)
+
+
+@pytest.mark.parametrize(("raw", "kept"), [
+    # typed on a phone above the quote, the footer in between
+    ("oui c'est ok\n\nEnvoyé de mon iPhone\n\n" + PHONE_QUOTE, "oui c'est ok"),
+    ("ok go\n\nSent from my Galaxy\n\n" + PHONE_QUOTE, "ok go"),
+    # the footer first, the answer under the quote
+    ("Envoyé de mon iPhone\n\n" + PHONE_QUOTE + "\nOui on valide\n", "Oui on valide"),
+    # a signature, then the answer, then the quote
+    ("-- \nMarc Lemoine\nGérant\n06 12 45 78 90\n\nC'est bon pour nous\n\n" + PHONE_QUOTE,
+     "C'est bon pour nous"),
+    # a greeting above the quote and the answer below it
+    ("Bonjour,\n\n" + PHONE_QUOTE + "\nD'accord pour nous.", "Bonjour,\n\nD'accord pour nous."),
+    # contact details after the signature's paragraph go with it
+    ("Je valide.\n-- \nAnne Leroy\n\nwww.studio-leroy.fr\n+33 6 00 00 00 00", "Je valide."),
+])
+def test_stripping_never_removes_the_clients_own_words(raw: str, kept: str) -> None:
+    assert strip_quoted(raw) == kept
+    assert strip_quoted(strip_quoted(raw)) == kept  # the poll strips, then the reader again
+
+
+def test_an_attribution_needs_a_date_so_a_clients_sentence_is_not_cut() -> None:
+    text = "Le devis me va, comme mon associé a écrit : on y va."
+
+    assert strip_quoted(text) == text
+
+
+def test_a_quote_whose_lines_are_not_marked_runs_to_the_end() -> None:
+    raw = ("Merci\n\nLe mer. 4 mars 2026 à 10:12, Valione <a@b.fr> a écrit :\n\n"
+           "Pour lancer la modélisation, répondez « Je valide ».")
+
+    assert strip_quoted(raw) == "Merci"
+
+
+def test_words_left_only_in_the_signature_block_are_read_but_not_trusted() -> None:
+    result = read_intent("-- \nMarc\nok pour moi\n\n" + PHONE_QUOTE)
+
+    assert (result.intent, result.guess) == ("unclear", "validation")
+    assert any("signature block" in r for r in result.reasons)
+
+
+def test_the_issue_phone_reply_is_a_confident_validation() -> None:
+    result = read_intent("oui c'est ok\n\nEnvoyé de mon iPhone\n\n" + PHONE_QUOTE)
+
+    assert (result.intent, result.method) == ("validation", "keywords")
 
 
 def test_strip_quoted_accepts_windows_line_ends() -> None:
@@ -125,10 +178,55 @@ def test_thanks_or_an_empty_reply_is_nothing(text: str) -> None:
     assert read_intent(text).intent == "none"
 
 
-def test_without_llm_an_unsure_reply_keeps_the_keyword_guess_as_fallback() -> None:
+@pytest.mark.parametrize("text", [
+    "je voudrais comprendre comment vous comptez les crédits avant de m'engager",
+    "dites moi si le fichier sera en GLB", "Let me know if textures are included",
+    "c koi le delai", "Avant de confirmer, le modèle sera-t-il utilisable en AR",
+])
+def test_a_question_needs_no_question_mark(text: str) -> None:
+    assert read_intent(text).intent == "question"
+
+
+@pytest.mark.parametrize(("text", "intent"), [
+    ("on part là-dessus", "validation"), ("c'est parti !", "validation"),
+    ("vazy lance", "validation"), ("ok 👍", "validation"), ("jvalide", "validation"),
+    ("je ne souhaite plus donner suite", "refus"), ("nous n'allons pas donner suite", "refus"),
+    ("Finalement on va s'en passer", "refus"), ("nan c bon on laisse", "refus"),
+    ("We decided not to go ahead.", "refus"), ("We won't be moving forward.", "refus"),
+    ("tro cher pr nous", "refus"),
+])
+def test_short_and_indirect_answers_are_read(text: str, intent: str) -> None:
+    assert read_intent(text).intent == intent
+
+
+@pytest.mark.parametrize("text", ["👍", "✅", "Merci pour le devis, mon associé part sur autre "
+                                  "chose de complètement différent cette année"])
+def test_what_keywords_cannot_read_surely_goes_to_a_person_never_to_a_confident_none(
+    text: str,
+) -> None:
+    result = read_intent(text)
+
+    assert result.intent == "unclear" and result.method == "fallback"
+
+
+@pytest.mark.parametrize("text", ["Je regarde ça demain.", "Merci, je regarde demain",
+                                  "Bien reçu, je transmets à mon associé.", "Merci 🙏"])
+def test_a_deferral_or_thanks_is_a_confident_none(text: str) -> None:
+    assert (read_intent(text).intent, read_intent(text).method) == ("none", "keywords")
+
+
+@pytest.mark.parametrize(("typed", "intent"), [
+    ("parfiat, je vaildé", "validation"), ("Pouvez-vous lanccer la modélisation ?", "validation"),
+    ("ok mais le délai c'est comiben", "question"), ("je refsue ce devis", "refus"),
+])
+def test_a_typo_does_not_change_the_reading(typed: str, intent: str) -> None:
+    assert read_intent(typed).intent == intent
+
+
+def test_without_llm_an_unsure_reply_is_unclear_and_keeps_the_keyword_guess() -> None:
     result = read_intent("Super")
 
-    assert (result.intent, result.method) == ("validation", "fallback")
+    assert (result.intent, result.method, result.guess) == ("unclear", "fallback", "validation")
     assert result.confiance < 0.70
     assert "no LLM configured" in result.reasons
 
@@ -145,18 +243,45 @@ def test_a_reply_term_listed_twice_is_refused() -> None:
         ReplyLexicon(data)
 
 
-def test_labelled_replies_meet_the_accuracy_aim() -> None:
+def load_eval() -> Any:
     spec = importlib.util.spec_from_file_location("eval_replies",
                                                   ROOT / "bench" / "eval_replies.py")
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     sys.modules["eval_replies"] = bench
     spec.loader.exec_module(bench)
+    return bench
 
-    report = bench.evaluate()
 
-    assert report.total >= 70
-    assert report.accuracy >= 0.95, "\n".join(report.errors)
+def test_labelled_replies_make_no_confident_mistake_on_either_split() -> None:
+    bench = load_eval()
+
+    reports = bench.evaluate()
+
+    assert reports["tune"].total >= 150 and reports["held_out"].total >= 60
+    for split in ("tune", "held_out"):
+        mistakes = reports[split].confident_mistakes
+        assert not mistakes, "\n".join(f"{o.number}: {o.text} {o.reasons}" for o in mistakes)
+    assert reports["tune"].accuracy >= bench.MIN_ACCURACY
+
+
+def test_the_reply_confidence_means_what_it_says() -> None:
+    reports = load_eval().evaluate()
+
+    for (low, _), n, right in reports["all"].bands():
+        if low >= 0.70 and n >= 10:
+            assert right / n >= low, f"band {low:.2f}: {right}/{n} right"
+
+
+def test_no_accent_changes_a_reading_and_no_single_typo_in_tuning_makes_a_mistake() -> None:
+    bench = load_eval()
+
+    variants = bench.perturbed()
+
+    assert not variants["without accents"]["all"].confident_mistakes
+    assert not variants["one typo"]["tune"].confident_mistakes
+    base = {o.number: o.final for o in bench.evaluate()["all"].outcomes}
+    assert all(o.final == base[o.number] for o in variants["without accents"]["all"].outcomes)
 
 
 # -- the LLM, through a loopback Messages API --------------------------------------------------
@@ -193,13 +318,21 @@ def test_a_confident_keyword_reading_does_not_call_the_llm(
     assert fake.calls == []
 
 
-def test_an_unsure_llm_leaves_the_keyword_guess(fake: FakeMessagesAPI, tmp_path: Path) -> None:
+def test_an_unsure_llm_makes_the_reading_unclear(fake: FakeMessagesAPI, tmp_path: Path) -> None:
     fake.answer("refus", 0.5, "difficile à dire")
 
     result = read_intent("Super", claude(fake, tmp_path))
 
-    assert (result.intent, result.method) == ("validation", "fallback")
+    assert (result.intent, result.method, result.guess) == ("unclear", "fallback", "validation")
     assert any("LLM unsure" in r for r in result.reasons)
+
+
+def test_the_llm_may_say_it_cannot_tell(fake: FakeMessagesAPI, tmp_path: Path) -> None:
+    fake.answer("unclear", 0.9, "ni accord ni refus clairs")
+
+    result = read_intent("Hmm, je vois.", claude(fake, tmp_path))
+
+    assert (result.intent, result.method) == ("unclear", "llm")
 
 
 def test_a_failing_llm_never_crashes_the_reading(
@@ -210,6 +343,6 @@ def test_a_failing_llm_never_crashes_the_reading(
     with caplog.at_level(logging.WARNING, logger="handler_cli"):
         result = read_intent("Hmm, je vois.", claude(fake, tmp_path))
 
-    assert (result.intent, result.method) == ("none", "fallback")
+    assert (result.intent, result.method) == ("unclear", "fallback")
     assert any("HTTP 529" in r for r in result.reasons)
     assert "LLM failed" in caplog.text

@@ -91,6 +91,17 @@ def test_a_prefix_needs_one_more_letter_than_a_word_to_accept_typos() -> None:
     assert found(m, "modelsiation") == [("modelling", "modelsiation", True)]
 
 
+def test_with_fuzzy_rest_a_typo_in_a_later_word_still_finds_the_phrase() -> None:
+    strict: PhraseMatcher[str] = PhraseMatcher(fuzzy_min_length=5)
+    tolerant: PhraseMatcher[str] = PhraseMatcher(fuzzy_min_length=5, fuzzy_rest=True)
+    for m in (strict, tolerant):
+        m.add("pouvez vous lancer|commencer", "go", fuzzy=True)
+
+    assert found(strict, "pouvez-vous lanccer") == []
+    assert found(tolerant, "pouvez-vous lanccer") == [("go", "pouvez vous lanccer", True)]
+    assert found(tolerant, "pouvez-vous lire") == []
+
+
 def test_a_token_with_digits_is_never_read_as_a_typo() -> None:
     m: PhraseMatcher[str] = PhraseMatcher(fuzzy_min_length=5)
     m.add("modele", "model", fuzzy=True)

@@ -27,35 +27,77 @@ MAX_TOKENS = 400
 MAX_INPUT_CHARS = 8000
 
 REQUEST_LABELS = ("SUPPORT", "MODELISATION")
-REPLY_LABELS = ("validation", "refus", "question", "none")
+REPLY_LABELS = ("validation", "refus", "question", "none", "unclear")
 
+# The prompts give Claude the distinctions the keywords get wrong when unsure (issue 13):
+# new work vs after-sales talk about a model already ordered; the client's answer vs what
+# is left of a signature, a phone footer or our own quoted quote.
 REQUEST_SYSTEM = (
-    "Tu tries les demandes reçues par un studio de modélisation 3D (les clients écrivent en "
-    "français ou en anglais). SUPPORT : un problème ou une question sur la plateforme, le "
-    "compte, la connexion, le paiement, la facturation, les crédits, l'abonnement, ou un modèle "
-    "déjà livré qui ne s'affiche pas ou ne fonctionne pas. MODELISATION : une demande de "
-    "création, reproduction, modification ou optimisation d'un modèle 3D, ou un devis pour un "
-    "tel travail. Parler de 3D ne suffit pas : un modèle 3D qui ne s'affiche pas relève du "
-    "SUPPORT. Réponds uniquement avec l'outil, confidence entre 0 et 1, reason en une phrase."
-)
-REPLY_SYSTEM = (
-    "Tu lis la réponse d'un client à un devis de modélisation 3D (en français ou en anglais). "
-    "validation : il accepte le devis et veut lancer le travail. refus : il refuse, annule ou "
-    "trouve trop cher. question : il pose une question ou demande une précision (une question "
-    "l'emporte sur un accord). none : ni accord, ni refus, ni question (remerciement, accusé "
-    "de réception, absence du bureau). Attention aux négations (« je ne valide pas » = refus). "
+    "Tu tries les demandes reçues par un studio de modélisation 3D. Les clients écrivent en "
+    "français ou en anglais, souvent sans accents, avec des fautes, en style SMS, parfois un "
+    "simple « ci-joint » avec des fichiers, parfois un long e-mail avec formule de politesse, "
+    "signature et mention légale (ignore-les).\n"
+    "MODELISATION : une demande de NOUVEAU travail de modélisation : créer, reproduire, "
+    "numériser, modifier ou optimiser un modèle 3D, convertir des fichiers du client, ou un "
+    "devis pour un tel travail. Un nouvel objet, une variante ou un ajout demandé sur un "
+    "modèle déjà livré (« la table assortie », « la même en noir », « ajouter le logo ») est "
+    "du nouveau travail.\n"
+    "SUPPORT : tout le reste, en particulier l'après-vente d'un modèle DÉJÀ commandé ou livré : "
+    "où en est ma modélisation, un retard, une correction parce que le modèle livré ne "
+    "correspond pas à la commande (mauvaise couleur, mauvaise taille, élément manquant), le "
+    "même modèle dans un autre format, renvoyer un fichier, annuler une commande, des crédits "
+    "débités ou à rembourser, une facture ; et les problèmes de plateforme, de compte, de "
+    "connexion, de paiement, d'abonnement, ou un modèle qui ne s'affiche pas.\n"
+    "Parler de 3D ou joindre un fichier 3D ne suffit pas : le fichier d'un modèle déjà livré "
+    "joint à une réclamation relève du SUPPORT. Si tu hésites entre les deux, donne une "
+    "confidence basse (moins de 0.7) : une personne tranchera.\n"
     "Réponds uniquement avec l'outil, confidence entre 0 et 1, reason en une phrase."
 )
+REPLY_SYSTEM = (
+    "Tu lis la réponse d'un client à un devis de modélisation 3D que nous lui avons envoyé "
+    "(le devis dit : « répondez simplement Je valide à cet e-mail »). Le client écrit en "
+    "français ou en anglais, souvent sur téléphone : sans accents, en style SMS, avec des "
+    "émojis, en une ligne ou en long e-mail.\n"
+    "Seuls les mots du client comptent. La citation de notre devis a été retirée, mais il "
+    "peut rester une signature (nom, fonction, téléphone, site, slogan), une mention « Envoyé "
+    "de mon iPhone » ou des restes de notre devis (« Je valide », des questions) : ignore-les "
+    "et ne les prends jamais pour la réponse du client.\n"
+    "validation : il accepte le devis et veut que le travail commence, même indirectement "
+    "(« on part là-dessus », « c'est parti », « ok go », 👍 accompagné d'un accord).\n"
+    "refus : il refuse, annule, trouve trop cher, reporte ou renonce, même sans dire non "
+    "(« je ne souhaite plus donner suite », « nous n'allons pas donner suite », « on va "
+    "s'en passer », « nous avons choisi un autre prestataire »).\n"
+    "question : il demande une information ou une précision, même sans point "
+    "d'interrogation (« je voudrais comprendre comment ... avant de m'engager ») ; une "
+    "question l'emporte sur un accord.\n"
+    "none : ce n'est certainement pas une réponse au devis : réponse automatique, absence du "
+    "bureau, simple remerciement ou accusé de réception, « je regarde et je reviens vers "
+    "vous ».\n"
+    "unclear : tu ne peux pas trancher entre ces cas ; une personne lira le message. Préfère "
+    "unclear à une réponse devinée : un accord pris pour un silence laisse le client attendre.\n"
+    "Attention aux négations (« je ne valide pas » = refus). Réponds uniquement avec l'outil, "
+    "confidence entre 0 et 1, reason en une phrase."
+)
+
+_REQUEST_LABELS_HELP = (
+    "SUPPORT : après-vente d'un modèle déjà commandé ou livré, plateforme, compte, paiement. "
+    "MODELISATION : nouveau travail de modélisation ou devis pour un tel travail."
+)
+_REPLY_LABELS_HELP = (
+    "validation : accepte le devis ; refus : refuse ou renonce ; question : demande une "
+    "précision ; none : pas une réponse (réponse automatique, remerciement) ; unclear : "
+    "impossible de trancher, une personne lira."
+)
 
 
-def _tool(name: str, description: str, labels: tuple[str, ...]) -> dict[str, Any]:
+def _tool(name: str, description: str, labels: tuple[str, ...], help_text: str) -> dict[str, Any]:
     return {
         "name": name,
         "description": description,
         "input_schema": {
             "type": "object",
             "properties": {
-                "label": {"type": "string", "enum": list(labels)},
+                "label": {"type": "string", "enum": list(labels), "description": help_text},
                 "confidence": {"type": "number", "minimum": 0, "maximum": 1},
                 "reason": {"type": "string"},
             },
@@ -65,9 +107,10 @@ def _tool(name: str, description: str, labels: tuple[str, ...]) -> dict[str, Any
     }
 
 
-REQUEST_TOOL = _tool("classer_demande", "Enregistre le type de la demande.", REQUEST_LABELS)
+REQUEST_TOOL = _tool("classer_demande", "Enregistre le type de la demande.", REQUEST_LABELS,
+                     _REQUEST_LABELS_HELP)
 REPLY_TOOL = _tool("lire_reponse", "Enregistre l'intention de la réponse du client.",
-                   REPLY_LABELS)
+                   REPLY_LABELS, _REPLY_LABELS_HELP)
 
 
 class ClaudeLLM:
@@ -155,7 +198,8 @@ class ClaudeLLM:
         return self._verdict(REQUEST_SYSTEM, REQUEST_TOOL, text)
 
     def classify_reply(self, text: str) -> LLMVerdict:
-        """validation / refus / question / none for a client's reply (quotes removed)."""
+        """validation / refus / question / none / unclear for a client's reply (quotes
+        removed)."""
         return self._verdict(REPLY_SYSTEM, REPLY_TOOL, text)
 
     def check(self) -> list[Finding]:
