@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, Callable[..., None] | typer.Typer | str]] = {
     "serve": ("Webhook", serve.serve),
     "requests": ("Requests", requests.app),
     "stats": ("Requests", "handler_cli.commands.stats:stats"),
+    "forget": ("Requests", "handler_cli.commands.retention:forget"),
     "doctor": ("Operations", doctor.doctor),
     "setup": ("Operations", setup.app),
 }

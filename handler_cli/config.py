@@ -74,6 +74,9 @@ class Settings(BaseModel):
     # Storage (handler_cli.storage): SQLite in the data dir, or one PostgreSQL shared by the
     # machines of a scaled-out installation (state and queue).
     handler_database_url: str | None = None  # postgresql://user:pass@host:5432/db
+    # Personal data (handler_cli.retention): finished requests untouched this many days are
+    # erased from every local store by `poll` and `requests prune`; 0 keeps them forever.
+    handler_retention_days: float = Field(default=365.0, ge=0)
 
     hubspot_access_token: str | None = None
     hubspot_base_url: str = "https://api.hubapi.com"

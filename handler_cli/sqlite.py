@@ -12,12 +12,15 @@ def connect(path: Path, schema: str = "") -> sqlite3.Connection:
 
     WAL lets readers and one writer work at once (the webhook's workers, a cron poll);
     autocommit keeps every statement durable on its own. Callers serialise their own
-    threads with a lock, since the connection is shared.
+    threads with a lock, since the connection is shared. Deleted rows are overwritten with
+    zeros (`secure_delete`): personal data erased (handler_cli.retention) does not linger in
+    the file's free pages.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA secure_delete=ON")  # an erased client's data is overwritten: scrub()
     if schema:
         db.executescript(schema)
     return db
@@ -44,3 +47,19 @@ def delete_in(db: sqlite3.Connection, table: str, column: str, values: Sequence[
         removed += db.execute(f"DELETE FROM {table} WHERE {column} IN"
                               f" ({', '.join('?' * len(chunk))})", chunk).rowcount
     return removed
+
+
+def scrub(path: Path) -> None:
+    """After an erasure: copy the WAL into the file and empty it, so the pages written
+    before the deletes (which still hold the erased rows) leave the disk. Best effort: a
+    reader holding an old snapshot keeps the WAL until it is done, and the next erasure or
+    SQLite's own checkpoints finish the job."""
+    if not path.exists():
+        return
+    db = sqlite3.connect(path, timeout=5, isolation_level=None)
+    try:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.OperationalError:
+        pass
+    finally:
+        db.close()

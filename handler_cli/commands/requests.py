@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from handler_cli.commands import retention
 from handler_cli.commands._common import ExitCode, PrettyOpt, fail, settings_or_exit
 
 if TYPE_CHECKING:
@@ -132,6 +133,9 @@ def retry(
         fail(ExitCode.FAILED, "%s is %s; only failed or retrying requests are retried",
              view.request_id, previous)
     log.info("%s queued again (was %s)", view.request_id, previous)
+
+
+app.command("prune")(retention.prune)  # personal data past its retention: commands/retention
 
 
 # --- on a terminal --------------------------------------------------------------------------

@@ -104,8 +104,9 @@ class RequestRunner:
         # The stored document is the newest copy when there is one (the poll may have moved
         # the request on since our last attempt): start from it, never write back an older one.
         ctx.documents.refresh(doc)
-        if not steps and self._forgotten(rec, doc, ctx):
+        if self._forgotten(rec, doc, ctx):
             return
+
         def checkpoint(step: Step, current: Document, ok: bool) -> None:
             steps[step.name] = {"ok": ok, "at": iso(time.time())}
             if not self._save(rec, RequestStatus.RUNNING, current, steps,
@@ -140,16 +141,28 @@ class RequestRunner:
             log.error("%s: failed (not transient): %s", rec.request_id, error)
 
     def _forgotten(self, rec: RequestRecord, doc: Document, ctx: Context) -> bool:
-        """A new request from an address whose data was erased (`handler-cli forget`) is held
-        in the dead letter, untouched, for a person to decide: it may be a replayed webhook,
-        or the client coming back (then `forget --lift` and `requests retry`)."""
+        """A request from an address whose data was erased at the client's request
+        (`handler-cli forget`) is held in the dead letter, untouched, and the admin told
+        once: it may be a replayed webhook (then `forget` erases it again) or the client
+        coming back (then `forget --lift` and `requests retry`). Never run silently."""
         when = ctx.storage.forgotten.forgotten_at(doc.user_email)
         if when is None:
             return False
-        self._save(rec, RequestStatus.FAILED, None, {}, due_at=None, last_error=(
+        from handler_cli.mailing import send_once
+        from handler_cli.services import ServiceError
+
+        told = ""
+        try:
+            send_once(ctx, doc, "admin_forgotten_held", "admin_forgotten_held",
+                      ctx.settings.admin_email, {"forgotten_at": iso(when)})
+        except ServiceError as exc:
+            told = f" The admin could not be told ({exc}): tell them."
+            log.error("%s: held, and the admin could not be told: %s", rec.request_id, exc)
+        self._save(rec, RequestStatus.FAILED, doc, {}, due_at=None, last_error=(
             f"held: this client's data was erased on {iso(when)} at their request "
-            "(handler-cli forget); nothing was done. If they came back, lift it with "
-            "`handler-cli forget --lift EMAIL`, then `handler-cli requests retry`"))
+            "(handler-cli forget); nothing was done. A replayed post: erase it with "
+            "`handler-cli forget EMAIL`. The client came back: `handler-cli forget --lift "
+            f"EMAIL`, then `handler-cli requests retry {rec.request_id}`.{told}"))
         log.warning("%s: held, from an address erased on %s", rec.request_id, iso(when))
         return True
 

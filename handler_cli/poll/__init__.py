@@ -104,7 +104,13 @@ def poll(ctx: Context, *, dry_run: bool = False, retry_failed: bool = False,
         if retry_failed:
             count = poller.journal.retry_failed()
             log.info("poll: %d parked repl(ies) given back to this pass", count)
-        return poller.run()
+        report = poller.run()
+        from handler_cli.retention import prune_after_poll  # personal data past retention
+
+        problem = prune_after_poll(ctx)
+        if problem:
+            report.fail(problem)
+        return report
 
 
 __all__ = [

@@ -127,6 +127,11 @@ class DataDir:
     def outbox(self) -> Path:
         return self.root / "outbox"
 
+    @property
+    def replies(self) -> Path:
+        """Client e-mails dropped as `.eml` for the poll (handler_cli.replies.local)."""
+        return self.root / "replies"
+
 
 class RequestStore(Protocol):
     """Where accepted requests live. Every transition of a running request is conditional on

@@ -115,6 +115,28 @@ class LocalCRM:
             self._db.execute("DELETE FROM contacts WHERE id = ?", (row["id"],))
         return True
 
+    def erase_tickets(self, request_ids: list[str]) -> int:
+        """Delete these requests' tickets with their notes and e-mails (retention and
+        `forget`: handler_cli.retention); how many tickets."""
+        with self._lock:
+            erased = 0
+            for request_id in request_ids:
+                row = self._db.execute("SELECT id FROM tickets WHERE request_id = ?",
+                                       (request_id,)).fetchone()
+                if row is not None:
+                    for table in ("notes", "emails"):
+                        self._db.execute(f"DELETE FROM {table} WHERE ticket_id = ?", (row["id"],))
+                    erased += self._db.execute("DELETE FROM tickets WHERE id = ?",
+                                               (row["id"],)).rowcount
+            return erased
+
+    def requests_of(self, email: str) -> list[str]:
+        """The request ids of the tickets of the contact with this address."""
+        with self._lock:
+            return [r["request_id"] for r in self._db.execute(
+                "SELECT t.request_id FROM tickets t JOIN contacts c ON c.id = t.contact_id"
+                " WHERE c.email = ?", (email.strip().lower(),))]
+
     def find_ticket(self, request_id: str) -> str | None:
         row = self._one("SELECT id FROM tickets WHERE request_id = ?", (request_id,))
         return str(row["id"]) if row else None

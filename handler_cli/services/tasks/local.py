@@ -57,6 +57,13 @@ class LocalTaskBoard:
             )
         return f"local-{cur.lastrowid}"
 
+    def erase_subtasks(self, markers: list[str]) -> int:
+        """Delete the subtasks whose description carries one of these markers (retention
+        and `forget`: handler_cli.retention); how many."""
+        with self._lock:
+            return sum(self._db.execute("DELETE FROM subtasks WHERE instr(description, ?) > 0",
+                                        (marker,)).rowcount for marker in markers)
+
     def subtasks(self, parent_id: str) -> list[tuple[str, str, str]]:
         with self._lock:
             rows = self._db.execute(

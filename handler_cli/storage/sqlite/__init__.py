@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from handler_cli.sqlite import scrub
 from handler_cli.storage import DataDir, Removed
 from handler_cli.storage.sqlite.documents import SqliteDocuments
 from handler_cli.storage.sqlite.effects import SqliteEffects
@@ -80,7 +81,8 @@ class SqliteStorage:
 
     def remove(self, request_ids: Sequence[str]) -> Removed:
         """Store by store (each file is its own transaction): the documents and the record
-        last, so an interrupted removal is found again by the next prune or forget."""
+        last, so an interrupted removal is found again by the next prune or forget. Then
+        every file is scrubbed: the erased rows leave the disk, not only the tables."""
         removed = Removed(request_ids=list(request_ids))
         if not request_ids:
             return removed
@@ -88,6 +90,9 @@ class SqliteStorage:
         removed.add("ledger", self.effects.remove(request_ids))
         removed.add("documents", self.documents.remove(request_ids))
         removed.add("requests", self.requests.remove(request_ids))
+        for path in (self.data_dir.poll_journal, self.data_dir.ledger, self.data_dir.documents,
+                     self.data_dir.requests):
+            scrub(path)
         return removed
 
     def close(self) -> None:

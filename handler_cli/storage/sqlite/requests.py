@@ -80,6 +80,7 @@ class SqliteRequestStore:
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            conn.execute("PRAGMA secure_delete=ON")  # see handler_cli.sqlite.connect
             setattr(self._local, slot, conn)
             setattr(self._local, slot + "_pid", os.getpid())
             with self._lock:
