@@ -93,7 +93,11 @@ class Settings(BaseModel):
     r2_bucket: str | None = None
     r2_public_url: str | None = None
     r2_endpoint_url: str | None = None
-    r2_presign_seconds: int = 7 * 24 * 3600
+    r2_presign_seconds: int = 3600  # life of the presigned URL a click on a file link gets
+    # Signs the lasting links to files served through HANDLER_PUBLIC_URL/files/ when there is
+    # no R2_PUBLIC_URL (space-separated: the first signs, any verifies); else generated once
+    # in the data dir (file-link.secret).
+    handler_file_link_secret: str | None = None
 
     clickup_api_token: str | None = None
     clickup_base_url: str = "https://api.clickup.com/api/v2"
@@ -258,7 +262,7 @@ def mail_defaults(data: dict[str, Any]) -> dict[str, Any]:
 SECRET_FIELDS = frozenset(
     {"hubspot_access_token", "r2_secret_access_key", "clickup_api_token", "smtp_password",
      "anthropic_api_key", "r2_access_key_id", "webhook_secret", "webhook_token",
-     "imap_password", "handler_file_key_secret", "handler_database_url",
+     "imap_password", "handler_file_key_secret", "handler_file_link_secret", "handler_database_url",
      # mail OAuth2 (services/mail/oauth2.py)
      "mail_oauth2_client_secret", "mail_oauth2_refresh_token"}
 )

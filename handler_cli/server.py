@@ -38,6 +38,7 @@ from handler_cli.intake.records import NewRequest
 from handler_cli.intake.worker_process import WorkerProcess
 from handler_cli.intake.writer import IntakeWriter
 from handler_cli.queue import RequestQueue
+from handler_cli.services.files import links as files
 from handler_cli.steps import PIPELINE, Step
 from handler_cli.webhook_auth import AuthError, Verdict, WebhookAuth
 
@@ -432,6 +433,7 @@ def create_app(
                   name="request_status"),
             Route("/healthz", bind(healthz), methods=["GET"]),
             Route("/readyz", bind(readyz), methods=["GET"]),
+            Route(files.ROUTE, bind(files.redirect), methods=["GET"]),  # lasting file links
         ],
         lifespan=lifespan,
     )

@@ -45,6 +45,8 @@ def live(s3_peer: S3Peer, smtp_peer: SMTPPeer) -> Iterator[dict[str, str]]:
             "CLICKUP_BASE_URL": cu.url, "R2_ENDPOINT_URL": s3_peer.endpoint_url,
             "R2_BUCKET": "studio", "R2_ACCESS_KEY_ID": s3_peer.access_key_id,
             "R2_SECRET_ACCESS_KEY": s3_peer.secret_access_key, "SMTP_HOST": smtp_peer.host,
+            "HANDLER_PUBLIC_URL": "https://intake.example.com",
+            "HANDLER_FILE_LINK_SECRET": "a-link-secret-0123456789abcdef0123456789",
             "SMTP_PORT": str(smtp_peer.port), "SMTP_SECURITY": "none",
             "ANTHROPIC_API_KEY": claude.api_key, "ANTHROPIC_BASE_URL": claude.url,
             "HANDLER_RETRY_BASE_SECONDS": "0.01",

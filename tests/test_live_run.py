@@ -34,6 +34,8 @@ def live_env(hubspot: FakeHubSpot, s3_peer: S3Peer, smtp_peer: SMTPPeer) -> Iter
             "R2_ENDPOINT_URL": s3_peer.endpoint_url, "R2_BUCKET": "studio-files",
             "R2_ACCESS_KEY_ID": s3_peer.access_key_id,
             "R2_SECRET_ACCESS_KEY": s3_peer.secret_access_key,
+            "HANDLER_PUBLIC_URL": "https://intake.example.com",
+            "HANDLER_FILE_LINK_SECRET": "a-link-secret-0123456789abcdef0123456789",
             "SMTP_HOST": smtp_peer.host, "SMTP_PORT": str(smtp_peer.port),
             "SMTP_SECURITY": "none",
             "ANTHROPIC_API_KEY": claude.api_key, "ANTHROPIC_BASE_URL": claude.url,
@@ -60,7 +62,9 @@ def test_run_on_live_backends_gives_the_local_document(
     assert all(d["ticket_url"].startswith("https://app.hubspot.com/contacts/4242/record/0-5/")
                for d in live_docs)
     stored = [u for d in live_docs for u in d.get("fichiers_urls", [])]
-    assert stored and all("studio-files" in u and "X-Amz-Signature" in u for u in stored)
+    # links that last: through the server, signed, no presigned expiry
+    assert stored and all(u.startswith("https://intake.example.com/files/requests/")
+                          and "?sig=" in u and "X-Amz" not in u for u in stored)
     sent = sum(len(d["emails"]) for d in live_docs)
     assert len(smtp_peer.received) == sent
     assert len(hubspot.emails) == sent  # each e-mail logged on its ticket

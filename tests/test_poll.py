@@ -319,7 +319,8 @@ def test_a_file_store_down_leaves_the_reply_and_its_file_for_the_next_poll(
     photo.write_bytes(PNG)
     client_says(environ, doc, "Une lampe en métal noir, 45 cm.", files=(str(photo),))
     r2_down = {"R2_ENDPOINT_URL": f"http://127.0.0.1:{closed_port()}", "R2_BUCKET": "files",
-               "R2_ACCESS_KEY_ID": "k", "R2_SECRET_ACCESS_KEY": "s"}
+               "R2_ACCESS_KEY_ID": "k", "R2_SECRET_ACCESS_KEY": "s",
+               "HANDLER_PUBLIC_URL": "https://intake.example.com"}
 
     report = poll(at(environ, days(1), **r2_down))
 

@@ -205,6 +205,8 @@ def test_three_machines_share_one_state_through_a_worker_killed_mid_chain(
             "R2_ENDPOINT_URL": s3_peer.endpoint_url, "R2_BUCKET": "studio-files",
             "R2_ACCESS_KEY_ID": s3_peer.access_key_id,
             "R2_SECRET_ACCESS_KEY": s3_peer.secret_access_key,
+            "HANDLER_PUBLIC_URL": "https://intake.example.com",
+            "HANDLER_FILE_LINK_SECRET": "one-link-secret-for-every-machine-0123456789",
             "HANDLER_QUEUE_POLL_SECONDS": "0.05", "HANDLER_RETRY_BASE_SECONDS": "0.01",
         }
         a, b, c = (Machine(name, clean_environ(tmp_path / name, **shared), tmp_path)
