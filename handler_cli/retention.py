@@ -17,8 +17,8 @@ they are needed:
 "Every store": the storage layer (requests and their keys, documents, the ledger's effects,
 the poll's journal: SQLite or the shared PostgreSQL) and the local files of this data dir
 (the outbox's `.eml` copies, the local file store, the reply folder, the local CRM and task
-board). What lives elsewhere (HubSpot's tickets, R2's files, an IMAP mailbox) is listed in
-`left`, for a person to erase there. docs/production.md, "Personal data".
+board). What lives elsewhere (HubSpot's tickets, ClickUp's subtasks, R2's files) is listed
+in `left`, for a person to erase there. docs/production.md, "Personal data".
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def _erase(ctx: Context, erasure: Erasure, email: str | None) -> None:
     """Erase `erasure.request_ids` (and, for `forget`, whatever names `email`) from the
     storage layer and the local files; list what is elsewhere."""
     ids = erasure.request_ids
-    tickets = _tickets(ctx, ids)
+    tickets, subtasks = _made_for(ctx, ids)
     data = DataDir(ctx.settings.data_dir)
     files = [*_outbox(data.outbox, ids, email), *_replies(data.replies, ids, email)]
     folders = _file_folders(data.files, ids)
@@ -189,6 +189,9 @@ def _erase(ctx: Context, erasure: Erasure, email: str | None) -> None:
     if ctx.crm.name != "local" and tickets:
         erasure.left.append(f"{ctx.crm.name} ticket(s) {', '.join(sorted(tickets.values()))}: "
                             "they keep what the client wrote")
+    if ctx.tasks.name != "local" and subtasks:
+        erasure.left.append(f"{ctx.tasks.name} subtask(s) {', '.join(sorted(subtasks))}: "
+                            "they name the client")
     if ctx.files.name != "local" and ids:
         erasure.left.append(f"{ctx.files.name} objects under requests/<request id>/ of "
                             f"{len(ids)} request(s) (a bucket lifecycle rule does it)")
@@ -212,18 +215,22 @@ def _local_crm(ctx: Context) -> LocalCRM | None:
     return LocalCRM(path)
 
 
-def _tickets(ctx: Context, ids: Sequence[str]) -> dict[str, str]:
-    """The ticket of each request that has one, from the stored document or the record."""
-    found: dict[str, str] = {}
+def _made_for(ctx: Context, ids: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """The ticket of each request that has one, and the production subtasks made for them,
+    from the stored document (or the webhook's record when there is no document)."""
+    tickets: dict[str, str] = {}
+    subtasks: list[str] = []
     for rid in ids:
         doc: Document | None = ctx.storage.documents.get(rid)
-        ticket = doc.ticket_id if doc is not None else None
-        if ticket is None:
+        data = doc.model_dump() if doc is not None else None
+        if data is None:
             rec = ctx.storage.requests.get(rid)
-            ticket = rec.data().get("ticket_id") if rec is not None else None
-        if ticket:
-            found[rid] = str(ticket)
-    return found
+            data = rec.data() if rec is not None else {}
+        if data.get("ticket_id"):
+            tickets[rid] = str(data["ticket_id"])
+        if data.get("clickup_subtask_id"):
+            subtasks.append(str(data["clickup_subtask_id"]))
+    return tickets, subtasks
 
 
 def _headers(path: Path) -> Any:
