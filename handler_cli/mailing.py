@@ -8,6 +8,7 @@ be matched to their ticket.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from email.message import EmailMessage
@@ -25,18 +26,73 @@ if TYPE_CHECKING:
 
 PACKAGE_TEMPLATES = Path(__file__).parent / "templates"  # in an installed wheel
 SOURCE_TEMPLATES = Path(__file__).parent.parent / "templates"  # in a source checkout
+NBSP, NNBSP = "\u00a0", "\u202f"  # no-break space; narrow no-break space (espace fine)
 
 
 def header_safe(value: str) -> str:
     """One line: every Unicode line break (U+2028, U+0085... not only CR and LF), control and
     invisible format character becomes a space or goes. The payload model already does this
     to the client's one-line fields; this is the last gate before a header, for whatever
-    else reaches one (a template's subject, a name read from a reply)."""
-    return one_line(value)
+    else reaches one (a template's subject, a name read from a reply). French typography's
+    no-break spaces (U+00A0, U+202F) are kept: they are spaces, not line breaks."""
+    return NNBSP.join(NBSP.join(one_line(piece) for piece in part.split(NBSP))
+                      for part in value.split(NNBSP))
 
 
 def _fr_date(value: datetime) -> str:
     return value.strftime("%d/%m/%Y")
+
+
+_BEFORE_COLON = re.compile(r"[ \u00a0\u202f]+:")
+_BEFORE_HIGH = re.compile(r"[ \u00a0\u202f]+([;!?])")
+
+
+def french_typography(value: str) -> str:
+    """French spacing for text we generate (notes, missing information): U+00A0 before ":",
+    U+202F before ";", "!", "?" and inside « » (the Imprimerie nationale's rules). The
+    templates are written with these characters; the client's own words are never touched."""
+    text = _BEFORE_COLON.sub(NBSP + ":", str(value))
+    text = _BEFORE_HIGH.sub(NNBSP + r"\1", text)
+    return re.sub(r"«[ \u00a0]*", "«" + NNBSP, re.sub(r"[ \u00a0]*»", NNBSP + "»", text))
+
+
+_CIVILITY = frozenset({"m", "mr", "mme", "mlle", "monsieur", "madame", "mademoiselle", "dr",
+                       "docteur", "me", "maître", "pr", "professeur"})
+_COMPANY = frozenset({"sarl", "sas", "sasu", "sa", "eurl", "sci", "snc", "société", "societe",
+                      "entreprise", "ets", "établissements", "etablissements", "atelier",
+                      "studio", "agence", "cabinet", "groupe", "association", "the", "le", "la",
+                      "les", "l"})
+
+
+def greeting_name(doc: Document) -> str:
+    """Who "Bonjour …," greets: the first name when the client gave one (a `prenom` or
+    `first_name` field, else the first word of a "Prénom Nom" name, as the CRM contact splits
+    it), else the name as written ("M. Dupont", a company, a single word)."""
+    extra = doc.model_extra or {}
+    for key in ("prenom", "first_name", "firstname"):
+        given = extra.get(key)
+        if isinstance(given, str) and one_line(given).strip():
+            return one_line(given).strip()[:60]
+    words = doc.user_name.split()
+    first = words[0] if words else ""
+    plain = first.rstrip(".").replace("-", "").replace("'", "").replace("\u2019", "")
+    if (len(words) >= 2 and plain.isalpha() and first[:1].isupper()
+            and first.rstrip(".").lower() not in _CIVILITY | _COMPANY):
+        return first
+    return doc.user_name
+
+
+def _rule_label(rule_id: str) -> str:
+    """The credit grid's own words for one of its rules (the admin reads this, not the id)."""
+    from handler_cli.steps.analyze import load_grid
+
+    grid = load_grid()
+    if rule_id == grid.completeness.rule:
+        return "demande incomplète, en attente d'informations"
+    for rule in grid.rules:
+        if rule.id == rule_id:
+            return rule.label
+    return rule_id
 
 
 class Lines(str):
@@ -84,6 +140,8 @@ class Renderer:
             )
             self._env.filters["date_fr"] = _fr_date
             self._env.filters["quoted"] = _quoted
+            self._env.filters["typo"] = french_typography
+            self._env.globals["rule_label"] = _rule_label
         return self._env
 
     def render(self, name: str, values: dict[str, Any]) -> tuple[str, str, str | None]:
@@ -112,12 +170,35 @@ def message_id_for(request_id: str, kind: str, sender: str) -> str:
     return f"<{request_id}.{kind}@{domain}>"
 
 
+MAX_REFERENCES = 20  # the first message and the latest ones: enough for every mail client
+
+
+def thread_headers(doc: Document, to: str, extra: dict[str, Any] | None = None
+                   ) -> tuple[str | None, list[str]]:
+    """`In-Reply-To` and `References` of the next e-mail to `to` about this request: one
+    conversation per request and per reader (the client's, the admin's), as RFC 5322 §3.6.4
+    asks. The previous e-mail sent to the same address is the parent; when we answer a
+    client's reply that has a Message-ID, that reply is (it answered our previous one)."""
+    earlier = sorted((e for e in doc.emails.values() if e.to == to), key=lambda e: e.sent_at)
+    chain = [e.message_id for e in earlier]
+    reply = (extra or {}).get("reply")
+    answered = getattr(reply, "message_id", None) if to == doc.user_email else None
+    if answered and answered not in chain:
+        chain.append(answered)
+    if not chain:
+        return None, []
+    if len(chain) > MAX_REFERENCES:
+        chain = [chain[0], *chain[-(MAX_REFERENCES - 1):]]
+    return chain[-1], chain
+
+
 def build_message(
     ctx: Context, doc: Document, kind: str, template: str, to: str, extra: dict[str, Any] | None = None
 ) -> tuple[EmailMessage, str]:
     """Render `template` for `doc` into a complete message addressed to `to`."""
     s = ctx.settings
-    values = {"doc": doc, "settings": s, "now": ctx.now(), **(extra or {})}
+    values = {"doc": doc, "settings": s, "now": ctx.now(), "prenom": greeting_name(doc),
+              **(extra or {})}
     subject, text, html = ctx.renderer.render(template, values)
     msg = EmailMessage()
     msg["Subject"] = f"{doc.ticket_ref} {subject}"
@@ -126,6 +207,10 @@ def build_message(
     if s.mail_reply_to:
         msg["Reply-To"] = s.mail_reply_to
     msg["Message-ID"] = message_id(doc, kind, s.mail_from)
+    in_reply_to, references = thread_headers(doc, to, extra)
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+        msg["References"] = " ".join(references)
     msg["Date"] = format_datetime(ctx.now())
     msg["X-Handler-Request-Id"] = doc.request_id
     if doc.ticket_id:
@@ -154,11 +239,13 @@ def send_once(
 
     def perform() -> str:
         ctx.mailer.send(msg)
-        return mid
+        return json.dumps({"message_id": mid, "sent_at": ctx.now().isoformat()})
 
-    ctx.ledger.once(f"email:{mid}", perform)
+    done = ctx.ledger.once(f"email:{mid}", perform)
+    # A re-run that finds the e-mail sent keeps the first send's time: nothing looks sent now.
     sent = SentEmail(
-        message_id=mid, to=to, subject=str(msg["Subject"]), template=template, sent_at=ctx.now()
+        message_id=mid, to=to, subject=str(msg["Subject"]), template=template,
+        sent_at=first_sent_at(done) or ctx.now(),
     )
     if doc.ticket_id:
         ticket_id = doc.ticket_id
@@ -169,3 +256,13 @@ def send_once(
         ctx.ledger.do_once(f"email-log:{mid}", lambda: ctx.crm.log_email(ticket_id, record))
     doc.emails[kind] = sent
     return sent
+
+
+def first_sent_at(ledger_result: str) -> datetime | None:
+    """When the ledger says the e-mail was sent (None for a record older than this field)."""
+    if not ledger_result.startswith("{"):
+        return None
+    try:
+        return datetime.fromisoformat(json.loads(ledger_result)["sent_at"])
+    except (ValueError, KeyError, TypeError):
+        return None

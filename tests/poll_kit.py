@@ -81,10 +81,20 @@ def received(relay: SMTPPeer, kind: str) -> EmailMessage:
     return mail.message
 
 
+def plain(text: str) -> str:
+    """`text` with French typography's no-break spaces (U+00A0, U+202F) as plain spaces: the
+    tests read what an e-mail says; tests/test_mail_french.py checks how it is spaced."""
+    return text.replace("\u00a0", " ").replace("\u202f", " ")
+
+
 def body(message: EmailMessage) -> str:
     part = message.get_body(preferencelist=("plain",))
     assert part is not None
-    return str(part.get_content())
+    return plain(str(part.get_content()))
+
+
+def subject(message: EmailMessage) -> str:
+    return plain(str(message["Subject"]))
 
 
 def ticket(environ: dict[str, str], doc: Document) -> dict[str, str]:

@@ -68,7 +68,7 @@ def test_a_successful_batch_under_cron_prints_one_summary_line(cli: RunCli) -> N
     summary = [x for x in lines if x not in announcements]
     assert len(summary) == 1, lines
     assert re.fullmatch(r"handler-cli: run: 9 ok, 0 failed, 0 unreadable; MODELISATION \d+, "
-                        r"SUPPORT \d+; [a-z_]+ \d+(, [a-z_]+ \d+)*; \d+ e-mails \(\d+\.\d s\)",
+                        r"SUPPORT \d+; [a-z_]+ \d+(, [a-z_]+ \d+)*; \d+ e-mails sent \(\d+\.\d s\)",
                         summary[0]), summary[0]
     assert "\x1b" not in result.stderr
     assert cli("-q", "run", str(SAMPLES / "batch.jsonl")).stderr == ""

@@ -27,6 +27,7 @@ from tests.poll_kit import (
     received,
     relay_environ,
     stored,
+    subject,
     subtasks,
     ticket,
 )
@@ -73,7 +74,7 @@ def test_validation_creates_one_subtask_confirms_to_client_and_tells_admin(
     assert "Devis validé" in to_client["Subject"] and f"[Ticket #{doc.ticket_id}]" in to_client[
         "Subject"]
     to_admin = received(relay, "admin_validated")
-    assert f"Sous-tâche ClickUp créée : {task[0]}" in body(to_admin)
+    assert f"sous-tâche de production a été créée dans ClickUp ({task[0]})" in body(to_admin)
     assert "> Je valide, merci !" in body(to_admin)
 
 
@@ -249,7 +250,7 @@ def test_missing_information_with_a_photo_gets_the_request_a_quote(
     (kind,) = kinds(relay)[before:]
     assert kind.startswith("client_after_")
     quote = received(relay, kind)
-    assert "Votre devis : 1 crédit" in quote["Subject"]
+    assert "Votre devis : 1 crédit" in subject(quote)
 
     # The quote is awaited now: "Je valide" goes the usual way.
     client_says(environ, doc, "Je valide", when=days(2))
@@ -370,9 +371,10 @@ def test_no_reply_gets_one_reminder_then_the_admin_is_told_once(
     reminder = received(relay, "reminder")
     assert reminder["To"].addresses[0].addr_spec == doc.user_email
     assert "Rappel" in reminder["Subject"] and "Je valide" in body(reminder)
-    assert reminder["In-Reply-To"] is None  # a message of its own; replies cite its Message-ID
+    # the same conversation as the quote it recalls (replies to either reach the ticket)
+    assert reminder["In-Reply-To"] == doc.emails["client"].message_id
     stale = received(relay, "admin_stale")
-    assert "14 jours" in stale["Subject"] and "malgré un rappel" in body(stale)
+    assert "14 jours" in subject(stale) and "malgré un rappel" in body(stale)
     assert ticket(environ, doc)["validation_status"] == "pending_credits"
 
 
@@ -432,7 +434,9 @@ def test_clickup_down_leaves_the_ticket_validated_and_a_later_poll_creates_the_s
     assert outcome.status == "validated" and outcome.clickup_subtask_id is None
     assert ticket(environ, doc)["validation_status"] == "validated"
     assert "client_validated" in kinds(relay)
-    assert "n'a pas pu être créée" in body(received(relay, "admin_validated"))
+    told = body(received(relay, "admin_validated"))
+    assert "n'a pas encore pu être créée" in told and "réessaie" in told
+    assert "HTTP" not in told  # the error itself stays on the document
 
     report = poll(at(environ, days(1.1), **live))  # still down: tried again, still failing
     assert not report.ok and report.outcomes[0].actions == [{"action": "subtask_retry"}]

@@ -30,6 +30,7 @@ from tests.poll_kit import (
     kinds,
     received,
     relay_environ,
+    subject,
     subtasks,
     ticket,
 )
@@ -72,7 +73,7 @@ def test_a_change_of_mind_after_a_refusal_goes_to_the_admin_flagged_and_nothing_
     assert [a["action"] for a in outcome.actions] == ["forwarded"]
     (kind,) = forwards(relay)
     message = received(relay, kind)
-    assert "revient sur son refus" in str(message["Subject"])
+    assert "revient sur son refus" in subject(message)
     text = body(message)
     assert "Finalement je valide" in text and at(environ).crm.ticket_url(doc.ticket_id or "") in text
     # The admin decides: still rejected, no subtask, nothing re-quoted.
@@ -93,7 +94,7 @@ def test_a_question_after_the_validation_reaches_the_admin_once(
     poll(at(environ, days(4.1)))
 
     (kind,) = forwards(relay)
-    assert "Nouveau message du client" in str(received(relay, kind)["Subject"])
+    assert "Nouveau message du client" in subject(received(relay, kind))
     assert "avant Noël" in body(received(relay, kind))
     assert ticket(environ, doc)["validation_status"] == "validated"
     assert len(subtasks(environ)) == 1
@@ -146,7 +147,7 @@ def test_an_unsure_reading_is_never_acted_on_and_goes_to_the_admin(
     assert action["intent"] == "unclear" and action["action"] == "forwarded"
     assert ticket(environ, doc)["validation_status"] == "pending_credits"
     (kind,) = forwards(relay)
-    assert "à lire" in str(received(relay, kind)["Subject"])
+    assert "à lire" in subject(received(relay, kind))
 
 
 def test_reply_says_what_the_poll_will_do(

@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -106,7 +107,9 @@ class BatchReport:
         self.tally: Counter[str] = Counter()
         self.types: Counter[str] = Counter()
         self.statuses: Counter[str] = Counter()
-        self.emails = 0
+        self.emails = 0  # sent by this command
+        self.emails_before = 0  # found sent by an earlier run: a re-run must not look like a send
+        self._since = datetime.now(UTC)
         self._started = time.monotonic()
         self._done_bytes = done_bytes
         self._stack = ExitStack()
@@ -147,7 +150,9 @@ class BatchReport:
         self.types[doc.type_final or "?"] += 1
         if doc.validation_status:
             self.statuses[doc.validation_status] += 1
-        self.emails += len(doc.emails)
+        fresh = sum(1 for e in doc.emails.values() if e.sent_at >= self._since)
+        self.emails += fresh
+        self.emails_before += len(doc.emails) - fresh
         self._advance()
 
     def _advance(self) -> None:
@@ -170,7 +175,8 @@ class BatchReport:
         seconds = time.monotonic() - self._started
         details = [", ".join(f"{k} {v}" for k, v in sorted(self.types.items())),
                    ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items())),
-                   f"{self.emails} e-mail{'s' * (self.emails != 1)}" if self.emails else ""]
+                   f"{self.emails} e-mail{'s' * (self.emails != 1)} sent" if self.emails else "",
+                   f"{self.emails_before} already sent before" if self.emails_before else ""]
         line = f"{self.command}: {counts}" + "".join(f"; {d}" for d in details if d)
         (log.warning if self.failed else log.info)("%s (%.1f s)", line, seconds)
 
@@ -184,7 +190,8 @@ class BatchReport:
         if self.statuses:
             table.add_row("statuses",
                           ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items())))
-        table.add_row("e-mails", str(self.emails))
+        table.add_row("e-mails", f"{self.emails} sent now"
+                      + (f", {self.emails_before} already sent before" if self.emails_before else ""))
         for service in SERVICES:
             backend = vars(ctx).get(service)  # only what this batch actually used
             if backend is not None:

@@ -41,6 +41,7 @@ def act(ctx: Context, journal: PollJournal, report: PollReport, doc: Document, r
     """
     assert doc.ticket_id
     sent_before = set(doc.emails)
+    started = ctx.now()
     props: dict[str, str] = {}
     stored, changed = _file_lines(doc, reply)
     if changed:
@@ -76,7 +77,11 @@ def act(ctx: Context, journal: PollJournal, report: PollReport, doc: Document, r
     journal.finish(reply, now)
     result = plan.describe(reply)
     result["status"] = doc.validation_status
-    result["emails"] = [k for k in doc.emails if k not in sent_before]
+    new = [k for k in doc.emails if k not in sent_before]
+    # What this pass sent, apart from what a pass that died half-way had sent already.
+    result["emails"] = [k for k in new if doc.emails[k].sent_at >= started]
+    if already := [k for k in new if doc.emails[k].sent_at < started]:
+        result["emails_already_sent"] = already
     log.info("%s: ticket %s: reply %s (%s, %s) → %s", doc.request_id, doc.ticket_id,
              reply.key, plan.reading.intent, plan.reading.method, plan.action)
     return result

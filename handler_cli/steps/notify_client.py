@@ -1,10 +1,12 @@
 """Step 5b: the client's e-mail, chosen by the analysis status (templates 1 to 4).
 
-| status          | client receives          | admin receives       |
-| pending_info    | missing information (1)  |                      |
-| pending_credits | quote, 1 or 2 credits (2, 3) |                  |
-| pending_admin   | acknowledgement          | complex case (4)     |
-| SUPPORT         | acknowledgement with the ticket number |        |
+| status          | client receives                          |
+| pending_info    | missing information (1)                  |
+| pending_credits | quote, 1 or 2 credits (2, 3)             |
+| pending_admin   | acknowledgement (the admin's summary of step 7 is the complex case, 4) |
+| SUPPORT         | acknowledgement with the ticket number   |
+
+One e-mail per event: the admin hears of a new complex case once, in step 7's summary.
 """
 
 from __future__ import annotations
@@ -41,8 +43,5 @@ def run(doc: Document, ctx: Context) -> Document:
         raise MissingInput("ticket_id", "ticket")
     if doc.validation_status in ("validated", "rejected"):
         return doc  # the client already answered: the poll speaks to them from here on
-    template = client_template(doc)
-    if doc.validation_status == "pending_admin":
-        send_once(ctx, doc, "admin_complex", "admin_complex", ctx.settings.admin_email)
-    send_once(ctx, doc, "client", template, doc.user_email)
+    send_once(ctx, doc, "client", client_template(doc), doc.user_email)
     return doc
