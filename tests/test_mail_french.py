@@ -82,6 +82,7 @@ EXTRA: dict[str, dict[str, Any]] = {
     "admin_poll_failed": {"reply": REPLY, "reply_text": "Je valide", "files": [],
                           "ticket_id": "1001", "request_id": "req_typo",
                           "ticket_url": "https://crm.example/1001"},
+    "admin_forgotten_held": {"forgotten_at": "01/11/2026"},
     "client_reminder": {"awaited": SentEmail(message_id="<a@x>", to="p", subject="s",
                                              template="t", sent_at=AT), "days": 3},
 }
