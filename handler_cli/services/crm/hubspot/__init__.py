@@ -4,10 +4,13 @@
 (contacts, tickets, notes, the e-mail log, what the poll reads). Its modules:
 
 - `paths`: every path, and the API version (the only file that names one);
-- `api`: transport, retries and HubSpot's errors, and the operations all objects share;
+- `api`: transport, retries, and the operations all objects share;
+- `errors`: HubSpot's refusals read (a refused property named in French, a missing scope);
 - `wire`: HubSpot JSON to and from this project's records;
-- `setup`: the custom ticket properties (`setup hubspot`, `doctor --check`);
-- `memo`: what it keeps in the data dir (the account, e-mails known not to be the client's).
+- `setup`: the custom ticket properties (`setup hubspot`);
+- `scopes`: the service key and the scope each feature needs;
+- `health`: what `doctor --check` proves, one line per fact;
+- `memo`: what it keeps in the data dir (the account, e-mails already seen).
 
 Creates are safe to retry: a create whose outcome is unknown (timeout, dropped connection,
 5xx) is looked up before it is sent again, and HubSpot's own uniqueness (a contact's e-mail,
@@ -198,7 +201,8 @@ class HubSpotCRM:
 
     def account(self) -> dict[str, Any]:
         """portalId and uiDomain (EU portals: app-eu1.hubspot.com): from the settings, the
-        cache file, or one account-info call."""
+        cache file, or one account-info call (`GET /account-info/2026-09/details`, whose
+        2026-09 spec makes `portalId` and `uiDomain` required fields)."""
         if self.settings.hubspot_portal_id:
             return {"portalId": self.settings.hubspot_portal_id, "uiDomain": self.ui_domain}
         return self._account.get(self._fetch_account)
