@@ -26,7 +26,7 @@ class IntakeWriter:
     thread would free the loop during the fsync (well under a millisecond on an SSD) but
     waking it costs more than that, in GIL hand-offs with the busy loop (bench_serve.py:
     ~40 microseconds of CPU per post on a 2-CPU VM). The loop never waits for a worker's
-    lock: the batch is tried again a moment later. Redis is a network round trip: its
+    lock: the batch is tried again a moment later. PostgreSQL is a network round trip: its
     batches go to a thread. The huey messages for stored requests are written by that
     thread too, for all the batches of the last DISPATCH_EVERY_SECONDS at once.
     """
