@@ -62,19 +62,21 @@ _UNITS = ("mm", "cm")
 _LLM_MAX_CHARS = 6000
 # An order or ticket number ("#2231", "n° 1042", "ticket 1088", "commande 2231") says the
 # request follows up something already ordered; the lexicon sees it as the word "numref".
-# Product references ("réf. 4521") are left alone: new requests cite them too.
-_REFERENCE = re.compile(
-    r"(?:#|\bn°|\bno\.)\s?\d{2,}|\b(ticket|commande|order)\s*(?:n°|no\.|#|:)?\s*\d{3,}",
-    re.IGNORECASE)
-
-
-def _references(match: re.Match[str]) -> str:
-    return f" {match.group(1) or ''} numref "
+# Product references ("réf. 4521") are left alone: new requests cite them too. Looked for
+# on the folded words (a regex over the raw text cost more than the whole scan).
+_HASH_NUMBER = re.compile(r"#\s?\d{2,}")
+_NUMBER_AFTER = frozenset({"ticket", "commande", "order", "n"})
 
 
 def _words(text: str) -> list[str]:
     """Folded words of a request field, order and ticket numbers read as 'numref'."""
-    return fold(_REFERENCE.sub(_references, text)).split()
+    if "#" in text:
+        text = _HASH_NUMBER.sub(" numref ", text)
+    words = fold(text).split()
+    for i in range(1, len(words)):
+        if words[i - 1] in _NUMBER_AFTER and words[i].isdigit() and len(words[i]) >= 2:
+            words[i] = "numref"
+    return words
 
 
 @dataclass(frozen=True, slots=True, eq=False)
