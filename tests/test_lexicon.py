@@ -140,3 +140,23 @@ def test_parsed_words_expose_their_alternatives_to_the_reader() -> None:
 
     assert [(sorted(w.exact), w.prefixes) for w in words] == [
         (["non", "pas"], ()), ([], ("merci",))]
+
+
+def test_fold_is_the_plain_definition_however_fast_it_goes() -> None:
+    """Lower-case, NFKD, combining marks dropped, [a-z0-9] runs: journals key on this."""
+    import random
+    import re
+    import unicodedata
+
+    def plain(text: str) -> str:
+        decomposed = unicodedata.normalize("NFKD", text.lower())
+        kept = "".join(c for c in decomposed if not unicodedata.combining(c))
+        return re.sub(r"[^a-z0-9]+", " ", kept).strip()
+
+    rng = random.Random(7)
+    ranges = [(32, 0x250), (0x300, 0x370), (0x370, 0x3000), (0x1F300, 0x1F700), (0xFB00, 0xFB07)]
+    texts = ["Le modèle 3D ne s'affiche pas !", "ŒUVRE ﬁnale", "plain ascii", "👍 ok"]
+    texts += ["".join(chr(rng.randrange(*rng.choice(ranges))) for _ in range(rng.randrange(1, 20)))
+              for _ in range(3000)]
+
+    assert [fold(t) for t in texts] == [plain(t) for t in texts]
