@@ -80,7 +80,7 @@ class ReplyLexicon:
         self._self_negating = self.negators | {"plus", "sans"}
         self.matcher: PhraseMatcher[_Term] = PhraseMatcher(
             "reply lexicon", fuzzy_min_length=int(data.get("fuzzy_min_length", 5)),
-            fuzzy_rest=True)
+            fuzzy_rest=True, fuzzy_rest_min_length=data.get("fuzzy_rest_min_length"))
         seen: set[str] = set()
         for group in data["groups"]:
             for raw in group["terms"]:
@@ -145,6 +145,7 @@ class _Evidence:
     seen: dict[tuple[str, str], float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     unexplained: list[str] = field(default_factory=list)  # words no phrase accounts for
+    after_contrast: int = 0  # how many of them follow a "mais" / "but"
 
     def add(self, intent: str, key: str, value: float, note: str) -> None:
         best = self.seen.get((intent, key), 0.0)
@@ -172,7 +173,10 @@ def _read_keywords(body: str, lex: ReplyLexicon) -> tuple[Intent, float, list[st
                     segment.append(tok)
             segments.append((segment, factor))
             for tokens, weight_factor in segments:
+                before = len(ev.unexplained)
                 polite_order |= _read_segment(tokens, weight_factor, lex, ev)
+                if weight_factor != 1.0:
+                    ev.after_contrast += len(ev.unexplained) - before
         if is_question and not polite_order:
             ev.add("question", f"?{len(ev.seen)}", lex.question_mark_weight,
                    f"question mark: '{sentence.strip()[:60]}'")
@@ -186,13 +190,18 @@ def _read_keywords(body: str, lex: ReplyLexicon) -> tuple[Intent, float, list[st
         if s["validation"] or s["refus"]:
             reasons.append("a question outranks approval or refusal")
         return "question", conf, reasons
-    v, r, a = s["validation"], s["refus"], lex.smoothing
+    v, r, q, a = s["validation"], s["refus"], s["question"], lex.smoothing
     if v or r:
+        # A question below the threshold is still evidence against acting: it counts in the
+        # share ("avant de donnr mon accord" with a typo must not read as a sure go).
         intent: Intent = "validation" if v >= r else "refus"
-        conf = (max(v, r) + a) / (v + r + 2 * a)
-        return intent, conf, [f"validation {v:.2f} vs refus {r:.2f}", *reasons]
+        conf = (max(v, r) + a) / (v + r + q + 2 * a)
+        return intent, conf, [f"validation {v:.2f} vs refus {r:.2f} (question {q:.2f})",
+                              *reasons]
     unexplained = len(ev.unexplained)
-    if s["none"] > 0 and unexplained <= lex.none_max_unexplained:
+    # "Merci, mais ..." : what follows the "mais" is what the client means; unread, it is
+    # not a thank-you.
+    if s["none"] > 0 and unexplained <= lex.none_max_unexplained and not ev.after_contrast:
         return "none", 0.85, ["thanks or acknowledgement only", *reasons]
     if s["none"] > 0:
         return "none", 0.6, [f"thanks or acknowledgement, but {unexplained} word(s) not "

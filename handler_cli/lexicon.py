@@ -13,7 +13,8 @@ word of at least `fuzzy_min_length` letters, a prefix of at least one more (a sh
 one edit away accepts too much: "chang" is one letter from "charg*"). Typos are looked up
 once per distinct token (memo), among the fuzzy words of the same first letter. With
 `fuzzy_rest`, a typo is also accepted in the other words of a fuzzy phrase ("pouvez-vous
-lanccer"); that check runs at each mismatch, so it is left to readers off the hot path.
+lanccer") of at least `fuzzy_rest_min_length` letters (by default one more than
+`fuzzy_min_length`: "toute notre" is not "tout noire"), remembered per token and word.
 What a match is worth (weights, negation, damping) stays with each reader: a term carries
 an opaque `payload`.
 """
@@ -97,18 +98,23 @@ class PhraseMatcher(Generic[T]):
         fuzzy_min_length: int = 7,
         units: Sequence[str] = (),
         fuzzy_rest: bool = False,
+        fuzzy_rest_min_length: int | None = None,
     ) -> None:
         self.name = name
         self.fuzzy_min_length = fuzzy_min_length
-        # Also accept a typo in the other words of a fuzzy phrase (a little slower: for
-        # readers off the hot path, such as the reply reader).
+        # Also accept a typo in the other words of a fuzzy phrase (memoised, see _near).
         self.fuzzy_rest = fuzzy_rest
+        self.fuzzy_rest_min_length = (fuzzy_min_length + 1 if fuzzy_rest_min_length is None
+                                      else fuzzy_rest_min_length)
         self._units = tuple(units)
         self._exact: dict[str, list[Phrase[T]]] = {}
         self._prefix: dict[int, dict[str, list[Phrase[T]]]] = {}  # by prefix length
         # Terms open to typos in their first word, by first letter: (word, is_prefix, phrase).
         self._fuzzy: dict[str, list[tuple[str, bool, Phrase[T]]]] = {}
         self._memo: dict[str, tuple[tuple[Phrase[T], bool], ...]] = {}
+        # (token, id of a word's alternatives, its prefixes) -> one typo away; the words live
+        # as long as the matcher, so their ids stay theirs.
+        self._near_memo: dict[tuple[str, int, tuple[str, ...]], bool] = {}
 
     # -- compiling -----------------------------------------------------------------------------
 
@@ -213,9 +219,21 @@ class PhraseMatcher(Generic[T]):
 
     def _near(self, token: str, exact: frozenset[str], prefixes: tuple[str, ...]) -> bool:
         """One typo away from one of a phrase word's alternatives (long enough words only)."""
-        if len(token) < self.fuzzy_min_length or not token.isalpha():
+        # By default one letter more than a first word: short common words sit one edit away
+        # from lexicon words ("notre" / "noire").
+        if len(token) < self.fuzzy_rest_min_length:
             return False
-        if any(len(w) >= self.fuzzy_min_length and _within_one_edit(token, w) for w in exact):
+        key = (token, id(exact), prefixes)
+        near = self._near_memo.get(key)
+        if near is None:
+            if len(self._near_memo) >= _MEMO_LIMIT:
+                self._near_memo.clear()
+            near = self._near_memo[key] = token.isalpha() and self._one_edit(token, exact, prefixes)
+        return near
+
+    def _one_edit(self, token: str, exact: frozenset[str], prefixes: tuple[str, ...]) -> bool:
+        least = self.fuzzy_rest_min_length
+        if any(len(w) >= least and _within_one_edit(token, w) for w in exact):
             return True
         return any(
             len(p) > self.fuzzy_min_length and any(

@@ -102,6 +102,14 @@ def test_with_fuzzy_rest_a_typo_in_a_later_word_still_finds_the_phrase() -> None
     assert found(tolerant, "pouvez-vous lire") == []
 
 
+def test_a_short_later_word_is_never_read_as_a_typo() -> None:
+    m: PhraseMatcher[str] = PhraseMatcher(fuzzy_min_length=5, fuzzy_rest=True)
+    m.add("tout|toute noir|noire", "black", fuzzy=True)
+
+    assert found(m, "toute notre gamme") == []
+    assert found(m, "tout noire") == [("black", "tout noire", False)]
+
+
 def test_a_token_with_digits_is_never_read_as_a_typo() -> None:
     m: PhraseMatcher[str] = PhraseMatcher(fuzzy_min_length=5)
     m.add("modele", "model", fuzzy=True)

@@ -10,7 +10,8 @@ lexicon `handler_cli/data/lexicon.json` (words, `stem*` prefixes and multi-word 
 longest match first, a matched phrase consumes its words; an order or ticket number such as
 "#2231" reads as the word `numref`). Each lexicon term counts once, with its best occurrence:
 ×`title_factor` (1.5) when found in `objet`, ×`file_name_factor` (0.5) in a file name,
-×`fuzzy_factor` (0.6) when matched through a one-letter typo (words of 5+ letters). Attached
+×`fuzzy_factor` (0.6) when matched through a one-letter typo (words of 5+ letters, in any
+word of a phrase). Attached
 files add their extension's weight (3D files .glb .usdz .obj .fbx .stl... 5, images 0.75).
 Then `damping` discounts one side's words when the other side's evidence says what they are
 about: "le modèle 3D ne s'affiche pas" is a malfunction about a 3D model, so the 3D words and
@@ -117,7 +118,7 @@ class Lexicon:
         self.context_roles = frozenset(data.get("context_roles", ()))
         fuzzy_default = bool(data.get("fuzzy", False))
         self.matcher: PhraseMatcher[Term] = PhraseMatcher(
-            "lexicon", fuzzy_min_length=self.fuzzy_min_length, units=_UNITS)
+            "lexicon", fuzzy_min_length=self.fuzzy_min_length, units=_UNITS, fuzzy_rest=True)
         seen: dict[str, str] = {}
         for group in data["groups"]:
             name = group["name"]
