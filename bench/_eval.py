@@ -2,7 +2,10 @@
 
 Every labelled row carries `split`: "tune" (what the lexicons were tuned on) or "held_out"
 (written before tuning and never looked at while tuning: `--errors` shows it only when asked
-for by name). Each row is read by the keywords alone, as production does with no LLM, and
+for by name), and `batch`: "original" (the set before issue 13), "A" (the held-out split,
+written before any tuning), "tuning" (written to tune), "B" and "C" (written after tuning
+as fresh checks, committed before their one evaluation, then moved to tune: their first
+figures are in the README). Each row is read by the keywords alone, as production does with no LLM, and
 gives an `Outcome`:
 
 - the keyword reading (label and confidence) and whether it is confident enough to decide

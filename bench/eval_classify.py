@@ -71,6 +71,7 @@ def evaluate(path: Path = DEFAULT_DATA, variants: Variants | None = None) -> dic
     outcomes = []
     for number, row in read_rows(path):
         expected, split = row.pop("expected"), row.pop("split")
+        row.pop("batch", None)
         for variant in (variants(row, number) if variants else [row]):
             doc = Document.model_validate(variant)
             keywords = score(doc)

@@ -228,8 +228,13 @@ class PhraseMatcher(Generic[T]):
         if near is None:
             if len(self._near_memo) >= _MEMO_LIMIT:
                 self._near_memo.clear()
-            near = self._near_memo[key] = token.isalpha() and self._one_edit(token, exact, prefixes)
+            # A word the lexicon knows as written is no typo ("create" is not "created").
+            near = self._near_memo[key] = (token.isalpha() and not self._known(token)
+                                           and self._one_edit(token, exact, prefixes))
         return near
+
+    def _known(self, token: str) -> bool:
+        return any(not by_typo for _, by_typo in self.candidates(token))
 
     def _one_edit(self, token: str, exact: frozenset[str], prefixes: tuple[str, ...]) -> bool:
         least = self.fuzzy_rest_min_length

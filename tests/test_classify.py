@@ -200,6 +200,15 @@ def test_a_lone_topic_word_is_not_enough_to_decide() -> None:
     assert any("too little evidence" in r for r in result.reasons)
 
 
+def test_one_topic_word_however_heavy_does_not_decide_alone() -> None:
+    result = score_request("Modélisation", "Bonjour, le client a changé d'avis, merci.")
+
+    assert result.scores["MODELISATION"] >= 2.5 and result.scores["SUPPORT"] == 0
+
+    assert not result.decided
+    assert any("one topic word only" in r for r in result.reasons)
+
+
 def test_a_mail_disclaimer_is_not_a_malfunction() -> None:
     result = score_request("Vases", "Nous voudrions modéliser 3 vases. Si vous avez reçu ce "
                            "message par erreur, merci de le détruire. Pensez à l'environnement "

@@ -30,7 +30,9 @@ The label with the larger share wins and `confiance` is that share: 0.5 without 
 0.83 for one strong word (weight 4) alone; to reach 0.70 the winner needs about 2.3× the
 loser's score plus 1.33. A label also needs `min_evidence` (2.5) of its own, not counting the
 `context_roles` (a reference to an earlier order says what a request is about, not what it
-asks): below, `confiance` is capped at 0.69, so a lone "modèle" or a lone typo never decides.
+asks), and more than one word when its only word is a `topic_roles` one (subject matter:
+"merci d'arrêter la modélisation" is not new work): else `confiance` is capped at 0.69, so a
+lone "modèle", a lone "modélisation" or a lone typo never decides.
 Below 0.70 the LLM is asked, and its label counts when its own confidence reaches 0.70
 (`confiance` = that confidence). When it is unsure too, fails or is not configured, the
 form's type is kept and `confiance` is the keyword share of that type.
@@ -116,6 +118,7 @@ class Lexicon:
         self.fuzzy_min_length = int(data.get("fuzzy_min_length", 7))
         self.min_evidence = float(data.get("min_evidence", 0.0))
         self.context_roles = frozenset(data.get("context_roles", ()))
+        self.topic_roles = frozenset(data.get("topic_roles", ()))
         fuzzy_default = bool(data.get("fuzzy", False))
         self.matcher: PhraseMatcher[Term] = PhraseMatcher(
             "lexicon", fuzzy_min_length=self.fuzzy_min_length, units=_UNITS, fuzzy_rest=True)
@@ -237,6 +240,7 @@ def score_request(
 
     scores = {"SUPPORT": 0.0, "MODELISATION": 0.0}
     evidence = {"SUPPORT": 0.0, "MODELISATION": 0.0}  # without the context roles
+    roles: dict[str, list[str]] = {"SUPPORT": [], "MODELISATION": []}  # one per evidence hit
     contributions: dict[str, list[tuple[float, str]]] = {"SUPPORT": [], "MODELISATION": []}
     for phrase, (factor, words) in hits.items():
         term = phrase.payload
@@ -246,11 +250,13 @@ def score_request(
         scores[term.label] += value
         if term.role not in lex.context_roles:
             evidence[term.label] += value
+            roles[term.label].append(term.role)
         contributions[term.label].append((value, words))
     file_discount = discounts.get((lex.file_label, lex.file_role), 1.0)
     for ext, weight in file_hits.items():
         scores[lex.file_label] += weight * file_discount
         evidence[lex.file_label] += weight * file_discount
+        roles[lex.file_label].append(lex.file_role)
         contributions[lex.file_label].append((weight * file_discount, f"file {ext}"))
 
     result = KeywordScore(label=None, confiance=0.5, scores=scores, smoothing=lex.smoothing)
@@ -258,11 +264,14 @@ def score_request(
     if s != m:
         result.label = "SUPPORT" if s > m else "MODELISATION"
         result.confiance = result.share(result.label)
-        own = evidence[result.label]
-        if own < lex.min_evidence and result.confiance >= UNSURE_CAP:
+        own, kinds = evidence[result.label], roles[result.label]
+        lone_topic = len(kinds) == 1 and kinds[0] in lex.topic_roles
+        if (own < lex.min_evidence or lone_topic) and result.confiance >= UNSURE_CAP:
             result.confiance = UNSURE_CAP
-            notes.append(f"too little evidence to decide alone ({own:.2f} < "
-                         f"{lex.min_evidence:g}): confiance capped at {UNSURE_CAP:g}")
+            why = ("one topic word only" if lone_topic
+                   else f"{own:.2f} < {lex.min_evidence:g}")
+            notes.append(f"too little evidence to decide alone ({why}): "
+                         f"confiance capped at {UNSURE_CAP:g}")
     result.scores = {k: round(v, 3) for k, v in scores.items()}
     result.reasons = [f"keywords: SUPPORT {s:.2f} vs MODELISATION {m:.2f}"]
     for label in LABELS:
