@@ -80,7 +80,7 @@ def reply_intent(
     pretty: PrettyOpt = False,
     quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
-    """Say what each reply means: validation, refus, question or none.
+    """Say what each reply means: validation, refus, question, none or unclear.
 
     Adds `intent`, `confiance` and `method` (keywords, or llm when Claude was asked) to
     each object; other fields pass through. Quoted history and signatures are ignored.

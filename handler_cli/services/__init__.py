@@ -143,7 +143,7 @@ class LLM(Protocol):
         """Label is one of RequestType."""
         ...
     def classify_reply(self, text: str) -> LLMVerdict:
-        """Label is validation / refus / question / none."""
+        """Label is validation / refus / question / none / unclear."""
         ...
 
 
