@@ -36,8 +36,11 @@ def poll(
 
     For each ticket waiting for its client (pending_credits, pending_info): a validation
     creates the ClickUp subtask and confirms to the client, a refusal closes the ticket, a
-    question goes to the admin, missing information gets the request analysed again. No
-    reply: one reminder after HANDLER_REMIND_DAYS, the admin told after HANDLER_STALE_DAYS.
+    question or a reply it cannot read with confidence goes to the admin, missing
+    information gets the request analysed again. A message on a decided ticket (validated,
+    rejected, waiting for the admin) goes to the admin once. No reply: one reminder after
+    HANDLER_REMIND_DAYS, the admin told after HANDLER_STALE_DAYS. A ticket that fails in an
+    unexpected way fails alone: the admin is told, the others go on, the exit code is 1.
 
     Each reply is acted on once, however often this runs; a second poll started while one
     is running exits at once. One JSON line per ticket acted on goes to stdout, a summary

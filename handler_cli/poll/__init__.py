@@ -2,12 +2,14 @@
 
 One pass, run by cron (`handler-cli poll`):
 
-1. the waiting tickets (`pending_credits`, `pending_info`) from the CRM, and the request
-   document behind each one from the local document store;
+1. the waiting tickets (`pending_credits`, `pending_info`, `pending_admin`) from the CRM, the
+   decided ones still watched (from the journal), and the request document behind each;
 2. their new replies, from every configured source (HubSpot, IMAP, `.eml` folder, local CRM);
 3. each reply, quoted history stripped, read for its intent and acted on exactly once:
    validation → `validated`, step 6, admin told, client confirmed; refusal → `rejected`, admin
-   told; question → forwarded to the admin; missing information brought → analysed again;
+   told; question or unsure reading → forwarded to the admin; missing information brought →
+   analysed again; any message on a decided ticket (validated, rejected, pending_admin) →
+   forwarded to the admin (decided tickets are watched `HANDLER_WATCH_DECIDED_DAYS`);
 4. tickets with no reply: one reminder after `HANDLER_REMIND_DAYS`, the admin told after
    `HANDLER_STALE_DAYS`;
 5. validated requests whose ClickUp subtask failed earlier: step 6 again.
