@@ -202,3 +202,33 @@ def test_a_stopped_database_is_a_transient_failure_and_a_restart_costs_nothing()
         cluster.start()
         assert ledger.once("ticket:req_8", lambda: "1002") == "1002"
         storage.close()
+
+
+# -- a secret of the data dir, made once ------------------------------------------------------
+
+_RACE = """
+import sys, time
+from pathlib import Path
+from handler_cli.storage import generated_secret
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+print(generated_secret(Path(sys.argv[1])).decode())
+"""
+
+
+def test_processes_starting_together_agree_on_one_whole_secret(tmp_path: Path) -> None:
+    """Two `run`s on a fresh data dir both need the file-key secret: each must get the same,
+    whole one (half a secret would put one request's files under two keys)."""
+    import subprocess
+    import sys
+
+    for attempt in range(3):
+        path = tmp_path / f"data{attempt}" / "file-key.secret"
+        start = time.time() + 1.0
+        procs = [subprocess.Popen([sys.executable, "-c", _RACE, str(path), str(start)],
+                                  stdout=subprocess.PIPE, text=True) for _ in range(6)]
+        secrets = {p.communicate(timeout=60)[0].strip() for p in procs}
+        assert len(secrets) == 1 and len(secrets.pop()) == 64
+        assert [p.name for p in path.parent.iterdir()] == ["file-key.secret"]  # no leftover
+        assert oct(path.stat().st_mode & 0o777) == "0o600"

@@ -19,8 +19,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
-import secrets
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,26 +39,11 @@ SECRET_FILE = "file-key.secret"
 
 @cache
 def _secret_in(data_dir: Path) -> bytes:
-    """The installation's secret, generated on first use (0600, created atomically, so two
-    processes starting together agree on one)."""
-    path = data_dir / SECRET_FILE
-    try:
-        existing = path.read_bytes().strip()
-    except FileNotFoundError:
-        existing = b""
-    if len(existing) >= 32:
-        return existing
-    data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process is writing it: read its value
-        _secret_in.cache_clear()
-        return path.read_bytes().strip() or _secret_in(data_dir)
-    with os.fdopen(fd, "wb") as f:
-        f.write(secrets.token_hex(32).encode())
-        f.flush()
-        os.fsync(f.fileno())
-    return path.read_bytes().strip()
+    """The installation's secret, generated on first use (0600; two processes starting
+    together agree on one: storage.generated_secret)."""
+    from handler_cli.storage import generated_secret
+
+    return generated_secret(data_dir / SECRET_FILE)
 
 
 def file_token(settings: Settings, request_id: str) -> str:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import secrets
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -79,6 +81,35 @@ class Removed:
     def add(self, store: str, count: int) -> None:
         if count:
             self.counts[store] = self.counts.get(store, 0) + count
+
+
+def generated_secret(path: Path) -> bytes:
+    """A secret made once in the data dir and shared by every process that uses it.
+
+    Written whole to a temporary file of its own (0600), then linked into place: the link
+    fails when another process got there first, and then its complete file is read. Never
+    half a secret, however two processes starting together interleave (an empty file left
+    by an older version that crashed is replaced)."""
+    try:
+        existing = path.read_bytes().strip()
+    except FileNotFoundError:
+        existing = b""
+    if existing:
+        return existing
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+        f.write(secrets.token_hex(32).encode())
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        if not path.read_bytes().strip():
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_bytes().strip()
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,6 @@ import base64
 import hashlib
 import hmac
 import logging
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,16 +47,9 @@ def _generated_secret(data_dir: Path, *, create: bool) -> bytes | None:
         existing = b""
     if len(existing) >= 32 or not create:
         return existing or None
-    data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process is writing it: read its value
-        return path.read_bytes().strip() or None
-    with os.fdopen(fd, "wb") as f:
-        f.write(secrets.token_hex(32).encode())
-        f.flush()
-        os.fsync(f.fileno())
-    return path.read_bytes().strip()
+    from handler_cli.storage import generated_secret  # never half a secret across processes
+
+    return generated_secret(path)
 
 
 @dataclass(frozen=True)
