@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperArgument, TyperGroup, TyperOption
 
-from handler_cli.commands import doctor, pipeline, poll, reply, requests, serve, setup
+from handler_cli.commands import pipeline
 from handler_cli.commands._common import BEFORE_COMMAND, QuietOpt, StrictOpt, VerboseOpt
 from handler_cli.steps import STEPS
 
@@ -27,15 +27,15 @@ COMMANDS: dict[str, tuple[str, Callable[..., None] | typer.Typer | str]] = {
     **{step.name: ("Pipeline steps", pipeline.step_command(step))
        for step in STEPS.values()},
     "run": ("Pipeline", pipeline.run),
-    "poll": ("Replies", poll.poll),
-    "reply": ("Replies", reply.reply),
-    "reply-intent": ("Replies", reply.reply_intent),
-    "serve": ("Webhook", serve.serve),
-    "requests": ("Requests", requests.app),
+    "poll": ("Replies", "handler_cli.commands.poll:poll"),
+    "reply": ("Replies", "handler_cli.commands.reply:reply"),
+    "reply-intent": ("Replies", "handler_cli.commands.reply:reply_intent"),
+    "serve": ("Webhook", "handler_cli.commands.serve:serve"),
+    "requests": ("Requests", "handler_cli.commands.requests:app"),
     "stats": ("Requests", "handler_cli.commands.stats:stats"),
     "forget": ("Requests", "handler_cli.commands.retention:forget"),
-    "doctor": ("Operations", doctor.doctor),
-    "setup": ("Operations", setup.app),
+    "doctor": ("Operations", "handler_cli.commands.doctor:doctor"),
+    "setup": ("Operations", "handler_cli.commands.setup:app"),
 }
 
 

@@ -34,8 +34,6 @@ def run_chain(
     (the poll validated it, another `run`), the chain starts again from it: every step finds
     its output there, or its effect in the ledger, so nothing is done twice.
     """
-    from handler_cli.storage import StaleDocument
-
     if doc.ticket_id:
         ctx.documents.refresh(doc)
     for _ in range(STALE_RETRIES):
@@ -47,6 +45,9 @@ def run_chain(
                 checkpoint(step, doc, ok)
         if not doc.ticket_id:
             return all_ok
+        # Imported here: a chain that opens no ticket (classify) never loads the storage layer.
+        from handler_cli.storage import StaleDocument
+
         try:
             ctx.documents.save(doc)
             return all_ok
