@@ -306,16 +306,17 @@ class Payload(BaseModel):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def submission_id(fingerprint: str, key: str | None = None) -> str:
+def submission_id(fingerprint: str) -> str:
     """The identity of a submission, the same whatever door it came through (webhook, `run`,
-    a step command): derived from the payload's fingerprint, unless the sender named the
-    submission itself (a `webhook-id` or an `Idempotency-Key`, given as `key`), which wins.
+    a step command): derived from the payload's fingerprint. A sender's `webhook-id` or
+    `Idempotency-Key` is not part of it: the web form signs every post with a new
+    webhook-id, and the same form run by hand must still be the same request. A key wins
+    where it is given, as the name of a submission already stored (its retries are repeats,
+    and a key back with another payload is refused, `handler_cli.server`).
 
     Not a secret (anyone holding the payload can compute it): public links get their
     unguessable part elsewhere.
     """
-    if key:
-        return "req_" + hashlib.sha256(key.encode()).hexdigest()[:20]
     return "req_" + fingerprint[:20]
 
 

@@ -261,7 +261,7 @@ async def receive_request(intake: Intake, request: Request) -> JSONResponse:
         return _problem(422, "invalid payload", fields=problems)
     # One submission, one request, whatever door it came through (the CLI computes the same).
     fingerprint = doc.payload_fingerprint()
-    doc.request_id = submission_id(fingerprint, key)
+    doc.request_id = submission_id(fingerprint)
 
     # pydantic's own JSON: the same document as doc.to_json(), a few times faster.
     item = NewRequest(doc.request_id, doc.model_dump_json(exclude_none=True), fingerprint, key)

@@ -482,11 +482,11 @@ def test_idempotency_key_and_identical_payload_map_to_the_first_request(
     b = client.post("/webhook/request", json=same, headers={**AUTH, "Idempotency-Key": "k1"})
     c = client.post("/webhook/request", json=same, headers=AUTH)  # no key: same payload
     d = client.post("/webhook/request", json=same, headers={**AUTH, "Idempotency-Key": "k2"})
-    assert a.status_code == 202 and b.status_code == 200 and c.status_code == 200
-    assert a.json()["request_id"] == b.json()["request_id"] == c.json()["request_id"]
-    # A new key is a new submission, even with the same content.
-    assert d.status_code == 202 and d.json()["request_id"] != a.json()["request_id"]
-    assert len(stored_rows(data_dir)) == 2
+    assert a.status_code == 202 and [r.status_code for r in (b, c, d)] == [200, 200, 200]
+    # The same content is the same submission, whatever key it comes with: the web form
+    # signs each post with a new webhook-id, and `run` has no key at all.
+    assert len({r.json()["request_id"] for r in (a, b, c, d)}) == 1
+    assert len(stored_rows(data_dir)) == 1
 
 
 def test_fifty_concurrent_identical_posts_make_one_request_and_one_ticket(

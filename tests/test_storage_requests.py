@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from handler_cli.document import Document
-from handler_cli.intake.records import PAYLOAD_WINDOW
+from handler_cli.intake.records import KEY_WINDOW
 from handler_cli.storage import RequestStore, StoreBusy
 from handler_cli.storage.postgres import Connections, PostgresRequestStore
 from handler_cli.storage.sqlite import SqliteRequestStore
@@ -36,23 +36,26 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RequestSto
 
 def test_accept_stores_new_requests_and_maps_repeats_to_the_first(store: RequestStore) -> None:
     results = store.accept_many(
-        [new(1, key="webhook-id:m1"), new(2), new(3, key="webhook-id:m1"),  # same id as 1
-         new(4, fingerprint="fp2"),  # same payload as 2, no key
-         new(5, key="idempotency-key:k", fingerprint="fp2")],  # a key: a new submission
+        [new(1, key="webhook-id:m1"), new(2), new(3, key="webhook-id:m1"),  # a retry of 1
+         new(2, key="webhook-id:m2"),  # the same submission as 2, under a new key
+         new(5, key="idempotency-key:k")],
         NOW)
     assert [(r.request_id, r.created) for r in results] == [
         ("req_1", True), ("req_2", True), ("req_1", False), ("req_2", False), ("req_5", True)]
-    again = store.accept_many([new(6, key="webhook-id:m1"), new(7, fingerprint="fp1")], NOW + 60)
+    again = store.accept_many([new(6, key="webhook-id:m1"), new(1), new(7, key="webhook-id:m2")],
+                              NOW + 60)
     assert [(r.request_id, r.status, r.created) for r in again] == [
-        ("req_1", "queued", False), ("req_1", "queued", False)]
+        ("req_1", "queued", False), ("req_1", "queued", False), ("req_2", "queued", False)]
     assert {r.request_id for r in store.recent()} == {"req_1", "req_2", "req_5"}
 
 
-def test_identical_payload_is_a_new_request_after_24_hours(store: RequestStore) -> None:
-    store.accept_many([new(1)], NOW)
-    assert not store.accept_many([new(2, fingerprint="fp1")], NOW + PAYLOAD_WINDOW - 1)[0].created
-    later = store.accept_many([new(3, fingerprint="fp1")], NOW + PAYLOAD_WINDOW + 1)[0]
-    assert later.created and later.request_id == "req_3"
+def test_a_request_id_is_a_repeat_however_long_ago_and_a_key_for_its_window(
+    store: RequestStore
+) -> None:
+    store.accept_many([new(1, key="webhook-id:m1")], NOW)
+    assert not store.accept_many([new(1)], NOW + KEY_WINDOW * 10)[0].created
+    after_window = store.accept_many([new(3, key="webhook-id:m1")], NOW + KEY_WINDOW + 1)[0]
+    assert after_window.created and after_window.request_id == "req_3"
 
 
 def test_claim_is_exclusive_under_concurrency(store: RequestStore) -> None:

@@ -30,7 +30,6 @@ class RequestStatus(StrEnum):
 
 
 OPEN = (RequestStatus.QUEUED, RequestStatus.RUNNING, RequestStatus.RETRYING)
-PAYLOAD_WINDOW = 24 * 3600  # identical payloads found by their key; later, by their request id
 KEY_WINDOW = 30 * 24 * 3600  # how long a webhook-id / Idempotency-Key is remembered
 
 def iso(ts: float | None) -> str | None:
@@ -43,7 +42,7 @@ class NewRequest:
 
     request_id: str
     document: str  # JSON
-    fingerprint: str  # the webhook's dedup hash of the payload's fields
+    fingerprint: str  # Payload.payload_fingerprint(): a key back with another payload is a 422
     key: str | None = None  # "webhook-id:..." or "idempotency-key:...", when the sender gave one
 
 

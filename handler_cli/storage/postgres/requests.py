@@ -12,7 +12,6 @@ from typing import Any
 
 from handler_cli.intake.records import (
     KEY_WINDOW,
-    PAYLOAD_WINDOW,
     Accepted,
     NewRequest,
     RequestRecord,
@@ -49,47 +48,35 @@ class PostgresRequestStore:
         return self.accept_many(items, now)
 
     def accept_many(self, items: Sequence[NewRequest], now: float) -> list[Accepted]:
-        """One transaction. Each submission's lookup key is taken with one INSERT … ON
-        CONFLICT (an expired key is taken over): two machines accepting the same delivery at
-        once are serialised by the key's row lock, and the second finds the first's request.
+        """One transaction. A submission is a repeat when its key (webhook-id,
+        Idempotency-Key) names a stored request, or when its request id (the payload's
+        identity) is stored already. A key is taken with one INSERT … ON CONFLICT (an expired
+        key is taken over), a request with another: two machines accepting the same delivery
+        at once are serialised by the row's lock, and the second finds the first's request.
 
         A connection that broke since its last use (the server restarted) is replaced and the
         batch tried once more: accepting is idempotent (a batch that did commit is found by
-        its keys), so the sender gets its answer instead of a 503."""
+        its keys and ids), so the sender gets its answer instead of a 503."""
         return self.db.once_more_if_disconnected(lambda: self._accept(items, now))
 
     def _accept(self, items: Sequence[NewRequest], now: float) -> list[Accepted]:
         results: list[Accepted] = []
-        known: dict[str, Accepted] = {}
+        by_key: dict[str, Accepted] = {}
+        by_id: dict[str, Accepted] = {}
         with self.db.transaction() as conn:
             for item in items:
-                payload_key = f"payload:{item.fingerprint}"
-                lookup = item.key or payload_key
-                if lookup in known:
-                    results.append(known[lookup])
-                    continue
-                window = KEY_WINDOW if item.key else PAYLOAD_WINDOW
-                taken = conn.execute(
-                    "INSERT INTO handler_idempotency AS i (key, request_id, expires_at)"
-                    " VALUES (%s, %s, %s) ON CONFLICT (key) DO UPDATE SET"
-                    " request_id = excluded.request_id, expires_at = excluded.expires_at"
-                    " WHERE i.expires_at <= %s RETURNING request_id",
-                    (lookup, item.request_id, now + window, now)).fetchone()
-                if taken is None:
-                    prior = conn.execute(
-                        "SELECT r.request_id, r.status FROM handler_idempotency i JOIN"
-                        " handler_requests r ON r.request_id = i.request_id WHERE i.key = %s",
-                        (lookup,)).fetchone()
-                    if prior is not None:
-                        known[lookup] = Accepted(prior[0], prior[1], False)
-                        results.append(known[lookup])
+                if item.key:
+                    if item.key in by_key:
+                        results.append(by_key[item.key])
                         continue
-                    # The key points to a request removed since (prune, forget): ours now.
-                    conn.execute("UPDATE handler_idempotency SET request_id = %s,"
-                                 " expires_at = %s WHERE key = %s",
-                                 (item.request_id, now + window, lookup))
-                # The request id is the submission's identity (document.submission_id): a
-                # request stored before, whose keys have expired since, is the same request.
+                    prior = self._take_key(conn, item, now)
+                    if prior is not None:
+                        by_key[item.key] = prior
+                        results.append(prior)
+                        continue
+                if item.request_id in by_id:
+                    results.append(by_id[item.request_id])
+                    continue
                 created = conn.execute(
                     "INSERT INTO handler_requests (request_id, status, document, fingerprint,"
                     " idempotency_key, created_at, updated_at, due_at)"
@@ -100,19 +87,38 @@ class PostgresRequestStore:
                 if created is None:
                     row = conn.execute("SELECT status FROM handler_requests"
                                        " WHERE request_id = %s", (item.request_id,)).fetchone()
-                    known[lookup] = Accepted(item.request_id, row[0] if row else "queued", False)
-                    results.append(known[lookup])
-                    continue
+                    repeat = Accepted(item.request_id, row[0] if row else "queued", False)
+                    results.append(repeat)
+                else:
+                    repeat = Accepted(item.request_id, "queued", False)
+                    results.append(Accepted(item.request_id, "queued", True))
+                by_id[item.request_id] = repeat
                 if item.key:
-                    conn.execute(
-                        "INSERT INTO handler_idempotency (key, request_id, expires_at)"
-                        " VALUES (%s, %s, %s) ON CONFLICT (key) DO UPDATE SET"
-                        " request_id = excluded.request_id, expires_at = excluded.expires_at",
-                        (payload_key, item.request_id, now + PAYLOAD_WINDOW))
-                repeat = Accepted(item.request_id, "queued", False)
-                known[lookup] = known[payload_key] = repeat
-                results.append(Accepted(item.request_id, "queued", True))
+                    by_key[item.key] = repeat
         return results
+
+    @staticmethod
+    def _take_key(conn: Any, item: NewRequest, now: float) -> Accepted | None:
+        """Take `item.key` for this submission; the request it names when it is taken by a
+        stored request already (a repeat), None when it is ours now."""
+        taken = conn.execute(
+            "INSERT INTO handler_idempotency AS i (key, request_id, expires_at)"
+            " VALUES (%s, %s, %s) ON CONFLICT (key) DO UPDATE SET"
+            " request_id = excluded.request_id, expires_at = excluded.expires_at"
+            " WHERE i.expires_at <= %s RETURNING request_id",
+            (item.key, item.request_id, now + KEY_WINDOW, now)).fetchone()
+        if taken is not None:
+            return None
+        prior = conn.execute(
+            "SELECT r.request_id, r.status FROM handler_idempotency i JOIN"
+            " handler_requests r ON r.request_id = i.request_id WHERE i.key = %s",
+            (item.key,)).fetchone()
+        if prior is not None:
+            return Accepted(prior[0], prior[1], False)
+        # The key points to a request removed since (prune, forget): ours now.
+        conn.execute("UPDATE handler_idempotency SET request_id = %s, expires_at = %s"
+                     " WHERE key = %s", (item.request_id, now + KEY_WINDOW, item.key))
+        return None
 
     def get(self, request_id: str) -> RequestRecord | None:
         row = self.db.conn().execute(

@@ -16,7 +16,6 @@ from typing import Any
 
 from handler_cli.intake.records import (
     KEY_WINDOW,
-    PAYLOAD_WINDOW,
     Accepted,
     NewRequest,
     RequestRecord,
@@ -52,6 +51,11 @@ def _record(row: Sequence[Any], columns: Sequence[str] = _COLUMNS) -> RequestRec
     return RequestRecord(**values)
 
 
+def _chunks(values: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
+    """`values` in slices under SQLite's limit of bound variables."""
+    return (values[start:start + size] for start in range(0, len(values), size))
+
+
 class SqliteRequestStore:
     """One SQLite file; a connection per thread (and per process, after a fork)."""
 
@@ -80,7 +84,11 @@ class SqliteRequestStore:
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            conn.execute("PRAGMA secure_delete=ON")  # see handler_cli.sqlite.connect
+            # Erasures zero what they delete (handler_cli.sqlite.connect). The durable
+            # connection only takes requests in: it deletes nothing but replaced idempotency
+            # rows (keys and ids, no personal data), and zeroing cost the intake a fifth of
+            # its throughput (bench/bench_serve.py), so it is the one connection without it.
+            conn.execute(f"PRAGMA secure_delete={'OFF' if durable else 'ON'}")
             setattr(self._local, slot, conn)
             setattr(self._local, slot + "_pid", os.getpid())
             with self._lock:
@@ -119,47 +127,40 @@ class SqliteRequestStore:
 
     def _insert(self, conn: sqlite3.Connection, items: Sequence[NewRequest], now: float
                 ) -> list[Accepted]:
-        lookups = [item.key or f"payload:{item.fingerprint}" for item in items]
-        known: dict[str, Accepted] = {}
-        for start in range(0, len(lookups), 500):  # SQLite's bound-variable limit
-            chunk = lookups[start:start + 500]
+        """A submission is a repeat when its key (webhook-id, Idempotency-Key) names a stored
+        request, or when its request id, the payload's identity (document.submission_id), is
+        stored already, however long ago. One query for the keys, one for the ids."""
+        by_key: dict[str, Accepted] = {}
+        keys_given = [item.key for item in items if item.key]
+        for chunk in _chunks(keys_given):
             for key, request_id, status in conn.execute(
                 "SELECT i.key, r.request_id, r.status FROM idempotency i JOIN requests r"
                 " ON r.request_id = i.request_id WHERE i.expires_at > ?"
                 f" AND i.key IN ({', '.join('?' * len(chunk))})", (now, *chunk),
             ):
-                known[key] = Accepted(request_id, status, False)
-        # The request id is the submission's identity (document.submission_id): a request
-        # stored before, whose keys have expired since, is still the same request.
-        unknown = [item.request_id for item, lookup in zip(items, lookups, strict=True)
-                   if lookup not in known]
-        stored: dict[str, Accepted] = {}
-        for start in range(0, len(unknown), 500):
-            chunk = unknown[start:start + 500]
+                by_key[key] = Accepted(request_id, status, False)
+        by_id: dict[str, Accepted] = {}
+        for chunk in _chunks([item.request_id for item in items]):
             for request_id, status in conn.execute(
                 "SELECT request_id, status FROM requests"
                 f" WHERE request_id IN ({', '.join('?' * len(chunk))})", chunk,
             ):
-                stored[request_id] = Accepted(request_id, status, False)
+                by_id[request_id] = Accepted(request_id, status, False)
         results: list[Accepted] = []
         rows: list[tuple[Any, ...]] = []
         keys: list[tuple[str, str, float]] = []
-        for item, lookup in zip(items, lookups, strict=True):
-            prior = known.get(lookup) or stored.get(item.request_id)
-            if prior is not None:
+        for item in items:
+            prior = (by_key.get(item.key) if item.key else None) or by_id.get(item.request_id)
+            if prior is None:
+                rows.append((item.request_id, item.document, item.fingerprint, item.key,
+                             now, now, now))
+                prior = by_id[item.request_id] = Accepted(item.request_id, "queued", False)
+                results.append(Accepted(item.request_id, "queued", True))
+            else:
                 results.append(prior)
-                continue
-            stored[item.request_id] = Accepted(item.request_id, "queued", False)
-            rows.append((item.request_id, item.document, item.fingerprint, item.key,
-                         now, now, now))
-            repeat = Accepted(item.request_id, "queued", False)
-            payload_key = f"payload:{item.fingerprint}"
-            keys.append((payload_key, item.request_id, now + PAYLOAD_WINDOW))
-            known[payload_key] = repeat  # a later item of this batch repeats this one
-            if item.key:
-                keys.append((item.key, item.request_id, now + KEY_WINDOW))
-                known[item.key] = repeat
-            results.append(Accepted(item.request_id, "queued", True))
+            if item.key and item.key not in by_key:  # remembered, so a reuse is recognised
+                keys.append((item.key, prior.request_id, now + KEY_WINDOW))
+                by_key[item.key] = prior
         conn.executemany(
             "INSERT INTO requests (request_id, status, document, fingerprint,"
             " idempotency_key, created_at, updated_at, due_at)"
