@@ -1,19 +1,27 @@
-"""What the poll's tests share: a clock, the intake of a sample, the client's answer, and
-reading what the SMTP relay on loopback received.
+"""What the poll's tests share: the relay and the data dir, a clock, the intake of a sample,
+the client's answer, and reading what the SMTP relay on loopback received.
 
 Each test runs the intake chain on a sample (so the ticket, the document and the first
 e-mail are the real ones), records the client's answer in the local CRM as the `reply`
 command does, and polls. The relay proves what left, and how many times.
+
+A test module takes the fixtures by name, `relay, environ = poll_kit.relay, poll_kit.environ`
+(an import would be a name the linter sees redefined by every test's argument); a module
+whose data dir needs more settings keeps `relay` and writes its own `environ` with
+`relay_environ(tmp_path, relay, ...)`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from handler_cli.config import load_settings
 from handler_cli.context import Context
@@ -23,7 +31,8 @@ from handler_cli.services import EmailRecord
 from handler_cli.services.tasks.local import LocalTaskBoard
 from tests.conftest import clean_environ, sample
 from tests.fakes.clickup import DEFAULT_PARENT_ID
-from tests.peers import SMTPPeer
+from tests.fakes.hubspot import FakeHubSpot, hubspot_server
+from tests.peers import SMTPPeer, smtp_server
 
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489")
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
@@ -33,6 +42,26 @@ def relay_environ(tmp_path: Path, relay: SMTPPeer, **extra: str) -> dict[str, st
     """An isolated data dir whose e-mails go to `relay`."""
     return clean_environ(tmp_path / "data", SMTP_HOST=relay.host, SMTP_PORT=str(relay.port),
                          SMTP_SECURITY="none", HANDLER_RETRY_BASE_SECONDS="0.01", **extra)
+
+
+@pytest.fixture
+def relay() -> Iterator[SMTPPeer]:
+    """An SMTP relay on loopback recording every message it receives."""
+    with smtp_server() as peer:
+        yield peer
+
+
+@pytest.fixture
+def environ(tmp_path: Path, relay: SMTPPeer) -> dict[str, str]:
+    """An isolated data dir whose e-mails go to `relay` (in place of conftest's `environ`)."""
+    return relay_environ(tmp_path, relay)
+
+
+@pytest.fixture
+def hubspot() -> Iterator[FakeHubSpot]:
+    """HubSpot's stand-in on loopback."""
+    with hubspot_server() as fake:
+        yield fake
 
 
 def at(environ: dict[str, str], when: datetime = T0, **extra: str) -> Context:

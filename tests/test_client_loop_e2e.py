@@ -14,7 +14,6 @@ import json
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -22,8 +21,9 @@ import pytest
 
 from handler_cli.document import Document
 from handler_cli.poll import poll
+from tests import poll_kit
 from tests.conftest import ROOT, sample
-from tests.peers import SMTPPeer, smtp_server
+from tests.peers import SMTPPeer
 from tests.poll_kit import (
     PNG,
     at,
@@ -42,10 +42,7 @@ from tests.test_server import AUTH, TOKEN, running, wait_for, webhook_settings
 LOST = "/nulle/part/face.jpg"
 
 
-@pytest.fixture
-def relay() -> Iterator[SMTPPeer]:
-    with smtp_server() as peer:
-        yield peer
+relay = poll_kit.relay  # the fixture
 
 
 @pytest.fixture

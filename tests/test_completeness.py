@@ -5,7 +5,6 @@ files is a request with missing information, never a rejection."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,8 +14,9 @@ from handler_cli.document import Document, RefusedFile
 from handler_cli.poll import poll
 from handler_cli.steps import STEPS, MissingInput
 from handler_cli.steps.analyze import assess, load_grid
+from tests import poll_kit
 from tests.conftest import RunCli, sample
-from tests.peers import SMTPPeer, smtp_server
+from tests.peers import SMTPPeer
 from tests.poll_kit import (
     PNG,
     at,
@@ -26,7 +26,6 @@ from tests.poll_kit import (
     intake,
     kinds,
     received,
-    relay_environ,
     stored,
 )
 from tests.test_server import AUTH, running, wait_for, webhook_settings
@@ -35,15 +34,7 @@ MISSING = load_grid().completeness.missing_info
 LOST = "/nulle/part/photo-du-vase.jpg"  # a photo the client "sent" that cannot be read
 
 
-@pytest.fixture
-def relay() -> Iterator[SMTPPeer]:
-    with smtp_server() as peer:
-        yield peer
-
-
-@pytest.fixture
-def environ(tmp_path: Path, relay: SMTPPeer) -> dict[str, str]:
-    return relay_environ(tmp_path, relay)
+relay, environ = poll_kit.relay, poll_kit.environ  # the fixtures
 
 
 def quotes(relay: SMTPPeer) -> list[str]:

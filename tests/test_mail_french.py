@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,9 @@ from handler_cli.mailing import french_typography, greeting_name
 from handler_cli.pipeline import run_chain
 from handler_cli.poll import poll
 from handler_cli.replies import Reply
+from tests import poll_kit
 from tests.conftest import ROOT, RunCli, sample
-from tests.peers import SMTPPeer, smtp_server
+from tests.peers import SMTPPeer
 from tests.poll_kit import at, client_says, days, intake, relay_environ
 
 NBSP, NNBSP = "\u00a0", "\u202f"
@@ -31,15 +31,7 @@ BAD_SPACING = re.compile(r" [:;!?]| »|« ")
 AT = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-def relay() -> Iterator[SMTPPeer]:
-    with smtp_server() as peer:
-        yield peer
-
-
-@pytest.fixture
-def environ(tmp_path: Path, relay: SMTPPeer) -> dict[str, str]:
-    return relay_environ(tmp_path, relay)
+relay, environ = poll_kit.relay, poll_kit.environ  # the fixtures
 
 
 def a_doc(**fields: Any) -> Document:

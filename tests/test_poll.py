@@ -13,9 +13,10 @@ import pytest
 from handler_cli.poll import Journal, poll, poll_lock
 from handler_cli.replies.local import inbox_folder
 from handler_cli.services import EmailRecord, TicketDraft
+from tests import poll_kit
 from tests.conftest import SAMPLES
 from tests.fakes.clickup import DEFAULT_PARENT_ID, FakeClickUp, clickup_server
-from tests.peers import SMTPPeer, closed_port, smtp_server
+from tests.peers import SMTPPeer, closed_port
 from tests.poll_kit import (
     PNG,
     at,
@@ -25,23 +26,13 @@ from tests.poll_kit import (
     intake,
     kinds,
     received,
-    relay_environ,
     stored,
     subject,
     subtasks,
     ticket,
 )
 
-
-@pytest.fixture
-def relay() -> Iterator[SMTPPeer]:
-    with smtp_server() as peer:
-        yield peer
-
-
-@pytest.fixture
-def environ(tmp_path: Path, relay: SMTPPeer) -> dict[str, str]:
-    return relay_environ(tmp_path, relay)
+relay, environ = poll_kit.relay, poll_kit.environ  # the fixtures
 
 
 # -- validation -------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ what the poll will not do; decided tickets are watched for a bounded time."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,9 +17,10 @@ from handler_cli.document import Document, SentEmail
 from handler_cli.poll import Begun, Reading, poll
 from handler_cli.replies import Reply
 from handler_cli.storage import open_storage
+from tests import poll_kit
 from tests.conftest import RunCli, clean_environ
-from tests.fakes.hubspot import FakeHubSpot, hubspot_server
-from tests.peers import SMTPPeer, smtp_server
+from tests.fakes.hubspot import FakeHubSpot
+from tests.peers import SMTPPeer
 from tests.poll_kit import (
     at,
     body,
@@ -36,16 +36,7 @@ from tests.poll_kit import (
 )
 from tests.postgres import pg_session, pg_url  # noqa: F401 - fixtures
 
-
-@pytest.fixture
-def relay() -> Iterator[SMTPPeer]:
-    with smtp_server() as peer:
-        yield peer
-
-
-@pytest.fixture
-def environ(tmp_path: Path, relay: SMTPPeer) -> dict[str, str]:
-    return relay_environ(tmp_path, relay)
+hubspot, relay, environ = poll_kit.hubspot, poll_kit.relay, poll_kit.environ  # the fixtures
 
 
 def forwards(relay: SMTPPeer) -> list[str]:
@@ -204,12 +195,6 @@ def test_the_journal_lists_the_decided_tickets_of_recent_exchanges(
 
 
 # -- HubSpot: the calls of a quiet poll ---------------------------------------------------------
-
-
-@pytest.fixture
-def hubspot() -> Iterator[FakeHubSpot]:
-    with hubspot_server() as fake:
-        yield fake
 
 
 def test_a_quiet_poll_of_1000_waiting_tickets_and_watched_decided_ones_costs_10_calls(

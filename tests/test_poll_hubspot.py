@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,11 +14,11 @@ from handler_cli.document import Document, SentEmail
 from handler_cli.pipeline import run_chain
 from handler_cli.poll import Journal, poll
 from handler_cli.replies import source_names
-from handler_cli.services.tasks.local import LocalTaskBoard
+from tests import poll_kit
 from tests.conftest import clean_environ, sample
-from tests.fakes.clickup import DEFAULT_PARENT_ID
-from tests.fakes.hubspot import FakeHubSpot, hubspot_server
-from tests.peers import SMTPPeer, smtp_server
+from tests.fakes.hubspot import FakeHubSpot
+from tests.peers import SMTPPeer
+from tests.poll_kit import subtasks
 
 EMAIL_TO_TICKET = 224
 TICKET_TO_CONTACT = 16
@@ -27,16 +26,7 @@ EMAIL_TO_CONTACT = 198
 EMAIL_READS = "batch read e-mails"
 
 
-@pytest.fixture
-def hubspot() -> Iterator[FakeHubSpot]:
-    with hubspot_server() as fake:
-        yield fake
-
-
-@pytest.fixture
-def relay() -> Iterator[SMTPPeer]:
-    with smtp_server() as peer:
-        yield peer
+hubspot, relay = poll_kit.hubspot, poll_kit.relay  # the fixtures
 
 
 @pytest.fixture
@@ -71,11 +61,6 @@ def client_writes(hubspot: FakeHubSpot, doc: Document, text: str, n: int = 1) ->
 
 def read_ids(hubspot: FakeHubSpot) -> set[str]:
     return {i["id"] for r in hubspot.calls(EMAIL_READS) for i in r.body["inputs"]}
-
-
-def subtasks(environ: dict[str, str]) -> list[tuple[str, str, str]]:
-    board = LocalTaskBoard(Path(environ["HANDLER_DATA_DIR"]) / "tasks.sqlite3")
-    return board.subtasks(DEFAULT_PARENT_ID)
 
 
 def test_hubspot_is_the_default_reply_source_when_hubspot_is_live(

@@ -7,29 +7,19 @@ the client's message, and the other tickets are handled as usual; the run exits 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from handler_cli.document import Document
 from handler_cli.poll import Journal, poll
+from tests import poll_kit
 from tests.conftest import ROOT
-from tests.peers import SMTPPeer, smtp_server
-from tests.poll_kit import at, body, client_says, days, intake, kinds, received, relay_environ
+from tests.peers import SMTPPeer
+from tests.poll_kit import at, body, client_says, days, intake, kinds, received
 
 POISON = "POISON"
 
 
-@pytest.fixture
-def relay() -> Iterator[SMTPPeer]:
-    with smtp_server() as peer:
-        yield peer
-
-
-@pytest.fixture
-def environ(tmp_path: Path, relay: SMTPPeer) -> dict[str, str]:
-    return relay_environ(tmp_path, relay)
+relay, environ = poll_kit.relay, poll_kit.environ  # the fixtures
 
 
 def breaking_templates(folder: Path) -> Path:

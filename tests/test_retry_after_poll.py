@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,18 +24,16 @@ from handler_cli.intake.records import NewRequest
 from handler_cli.poll import poll
 from handler_cli.queue import RequestQueue
 from handler_cli.steps import PIPELINE, STEPS
+from tests import poll_kit
 from tests.conftest import sample
 from tests.intake_helpers import FnStep, wait_status
-from tests.peers import SMTPPeer, smtp_server
+from tests.peers import SMTPPeer
 from tests.poll_kit import client_says, kinds, relay_environ, subtasks
 
 BUSY = "451 4.3.0 Mailbox busy, try again later"
 
 
-@pytest.fixture
-def relay() -> Iterator[SMTPPeer]:
-    with smtp_server() as peer:
-        yield peer
+relay = poll_kit.relay  # the fixture
 
 
 @pytest.fixture
