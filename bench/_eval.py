@@ -21,6 +21,7 @@ The bands show whether a confidence means what it says: of the readings at 0.80-
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import unicodedata
@@ -31,6 +32,8 @@ from typing import Any
 
 SPLITS = ("tune", "held_out")
 THRESHOLD = 0.70
+# The readings again that the aims cover (no confident mistake); "many typos" is a stress test.
+AIMED_VARIANTS = ("without accents", "one typo")
 BANDS: tuple[tuple[float, float], ...] = (
     (0.0, 0.6), (0.6, 0.7), (0.7, 0.8), (0.8, 0.9), (0.9, 1.0001))
 
@@ -175,7 +178,73 @@ def with_typos(text: str, seed: int) -> str:
     return " ".join(words)
 
 
+# -- the command line -----------------------------------------------------------------------------
+
+
+def shown(path: Path) -> Path:
+    """`path` as the evaluation names it: from the repository's root when it is inside."""
+    root = Path(__file__).resolve().parents[1]
+    return path.relative_to(root) if path.is_relative_to(root) else path
+
+
+def arguments(doc: str, default_data: Path, unsure: str) -> argparse.Namespace:
+    """The options both evaluations take (`unsure`: what `--unsure` lists)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=default_data)
+    parser.add_argument("--errors", action="store_true", help="list the wrong outcomes")
+    parser.add_argument("--unsure", action="store_true", help=f"list {unsure}")
+    parser.add_argument("--split", choices=(*SPLITS, "all"), default="tune",
+                        help="which split --errors/--unsure list (default: tune; look at "
+                             "held_out only once tuning is over)")
+    return parser.parse_args()
+
+
+def missed_aims(reports: dict[str, SplitReport], variants: dict[str, dict[str, SplitReport]],
+                min_accuracy: float) -> list[str]:
+    """The aims both evaluations share, those missed: no confident mistake on any split nor
+    in the aimed readings again, and the tune split's accuracy."""
+    missed = [f"{name}: {len(reports[name].confident_mistakes)} confident mistake(s)"
+              for name in SPLITS if reports[name].confident_mistakes]
+    missed += [f"{variant}: {len(v['all'].confident_mistakes)} confident mistake(s)"
+               for variant, v in variants.items()
+               if variant in AIMED_VARIANTS and v["all"].confident_mistakes]
+    tune = reports["tune"]
+    if tune.accuracy < min_accuracy:
+        missed.append(f"tune accuracy {tune.accuracy:.1%} < {min_accuracy:.0%}")
+    return missed
+
+
+def verdict(missed: list[str]) -> int:
+    """Print the aims' verdict; the exit code (1 when one is missed)."""
+    print("\naims: " + ("all met" if not missed else "MISSED: " + "; ".join(missed)))
+    return 1 if missed else 0
+
+
 # -- printing -------------------------------------------------------------------------------------
+
+
+def print_figures(title: str, reports: dict[str, SplitReport],
+                  variants: dict[str, dict[str, SplitReport]], *, default: str, bands: str,
+                  labels: tuple[str, ...]) -> None:
+    """Everything an evaluation prints before its lists: the summary by split (`default`:
+    what stands with no LLM), the confidence bands (under the heading `bands`), the set read
+    again, and each split's confusion table."""
+    print(title + "\n")
+    print_summary(reports, default)
+    print(f"\n{bands}")
+    print_bands(reports)
+    print_perturbed(reports, variants)
+    for name in SPLITS:
+        print(f"\n{name}: expected \\ outcome with no LLM")
+        print_confusion(reports[name], labels, "expected")
+
+
+def print_variant_mistakes(variants: dict[str, dict[str, SplitReport]], split: str) -> None:
+    """The confident mistakes of each reading again, on `split` (or "all")."""
+    for variant, v in variants.items():
+        print_outcomes(f"confident mistakes {variant}", SplitReport(
+            split, [o for o in v["all"].outcomes
+                    if split == "all" or o.split == split]).confident_mistakes)
 
 
 def pct(value: float) -> str:

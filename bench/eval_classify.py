@@ -18,7 +18,6 @@ accents or with one typo; on the tune split accuracy >= 95 % and LLM share <= 15
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -31,24 +30,27 @@ DEFAULT_DATA = ROOT / "tests" / "data" / "classify_eval.jsonl"
 MIN_ACCURACY = 0.95  # on the tune split
 MAX_LLM_SHARE = 0.15  # on the tune split
 LABELS = ("SUPPORT", "MODELISATION")
-AIMED_VARIANTS = ("without accents", "one typo")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _eval import (  # noqa: E402  (run as a script or loaded by path)
-    SPLITS,
+    AIMED_VARIANTS,
     Outcome,
     SplitReport,
+    arguments,
     by_split,
+    missed_aims,
     one_typo_each,
-    print_bands,
-    print_confusion,
+    print_figures,
     print_outcomes,
-    print_perturbed,
-    print_summary,
+    print_variant_mistakes,
     read_rows,
+    shown,
+    verdict,
     with_typos,
     without_accents,
 )
+
+__all__ = ["AIMED_VARIANTS", "aims_met", "evaluate", "perturbed"]  # AIMED_VARIANTS: the tests
 
 Variants = Callable[[dict[str, Any], int], list[dict[str, Any]]]
 
@@ -111,56 +113,31 @@ def perturbed(path: Path = DEFAULT_DATA) -> dict[str, dict[str, SplitReport]]:
 def aims_met(reports: dict[str, SplitReport],
              variants: dict[str, dict[str, SplitReport]]) -> list[str]:
     """The aims missed (empty when all are met)."""
-    missed = [f"{name}: {len(reports[name].confident_mistakes)} confident mistake(s)"
-              for name in SPLITS if reports[name].confident_mistakes]
-    missed += [f"{variant}: {len(v['all'].confident_mistakes)} confident mistake(s)"
-               for variant, v in variants.items()
-               if variant in AIMED_VARIANTS and v["all"].confident_mistakes]
+    missed = missed_aims(reports, variants, MIN_ACCURACY)
     tune = reports["tune"]
-    if tune.accuracy < MIN_ACCURACY:
-        missed.append(f"tune accuracy {tune.accuracy:.1%} < {MIN_ACCURACY:.0%}")
     if tune.llm_share > MAX_LLM_SHARE:
         missed.append(f"tune LLM share {tune.llm_share:.1%} > {MAX_LLM_SHARE:.0%}")
     return missed
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--errors", action="store_true", help="list the wrong outcomes")
-    parser.add_argument("--unsure", action="store_true", help="list what would go to the LLM")
-    parser.add_argument("--split", choices=(*SPLITS, "all"), default="tune",
-                        help="which split --errors/--unsure list (default: tune; look at "
-                             "held_out only once tuning is over)")
-    args = parser.parse_args()
-
+    args = arguments(__doc__, DEFAULT_DATA, "what would go to the LLM")
     reports = evaluate(args.data)
     variants = perturbed(args.data)
-    print(f"labelled requests: {args.data.relative_to(ROOT) if args.data.is_relative_to(ROOT) else args.data}"
-          f"  (keywords only; with no LLM, an unsure request keeps its form's type)\n")
-    print_summary(reports, "form")
-    print("\nhow often the keyword label is right, by its confidence (below 0.70: the LLM decides):")
-    print_bands(reports)
-    print_perturbed(reports, variants)
-    for name in SPLITS:
-        print(f"\n{name}: expected \\ outcome with no LLM")
-        print_confusion(reports[name], LABELS, "expected")
-
+    print_figures(f"labelled requests: {shown(args.data)}  (keywords only; with no LLM, an "
+                  "unsure request keeps its form's type)", reports, variants, default="form",
+                  bands="how often the keyword label is right, by its confidence "
+                        "(below 0.70: the LLM decides):", labels=LABELS)
     chosen = reports[args.split]
     if args.errors:
         print_outcomes("confident mistakes", chosen.confident_mistakes)
         print_outcomes("wrong with no LLM (the form's type was kept)",
                        [o for o in chosen.outcomes if not o.right and not o.decided])
-        for variant, v in variants.items():
-            print_outcomes(f"confident mistakes {variant}", SplitReport(
-                args.split, [o for o in v["all"].outcomes
-                             if args.split == "all" or o.split == args.split]).confident_mistakes)
+        print_variant_mistakes(variants, args.split)
     if args.unsure:
         print_outcomes("keywords unsure (would ask the LLM)",
                        [o for o in chosen.outcomes if not o.decided])
-    missed = aims_met(reports, variants)
-    print("\naims: " + ("all met" if not missed else "MISSED: " + "; ".join(missed)))
-    return 1 if missed else 0
+    return verdict(aims_met(reports, variants))
 
 
 if __name__ == "__main__":

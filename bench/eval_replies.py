@@ -20,7 +20,6 @@ accents or with one typo; on the tune split accuracy >= 95 %.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -32,23 +31,23 @@ INTENTS = ("validation", "refus", "question", "none")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _eval import (  # noqa: E402  (run as a script or loaded by path)
-    SPLITS,
     Outcome,
     SplitReport,
+    arguments,
     by_split,
+    missed_aims,
     one_typo_each,
-    print_bands,
-    print_confusion,
+    print_figures,
     print_outcomes,
-    print_perturbed,
-    print_summary,
+    print_variant_mistakes,
     read_rows,
+    shown,
+    verdict,
     with_typos,
     without_accents,
 )
 
 Variants = Callable[[str, int], list[str]]
-AIMED_VARIANTS = ("without accents", "one typo")
 
 
 def evaluate(path: Path = DEFAULT_DATA, variants: Variants | None = None) -> dict[str, SplitReport]:
@@ -86,53 +85,26 @@ def perturbed(path: Path = DEFAULT_DATA) -> dict[str, dict[str, SplitReport]]:
 def aims_met(reports: dict[str, SplitReport],
              variants: dict[str, dict[str, SplitReport]]) -> list[str]:
     """The aims missed (empty when all are met)."""
-    missed = [f"{name}: {len(reports[name].confident_mistakes)} confident mistake(s)"
-              for name in SPLITS if reports[name].confident_mistakes]
-    missed += [f"{variant}: {len(v['all'].confident_mistakes)} confident mistake(s)"
-               for variant, v in variants.items()
-               if variant in AIMED_VARIANTS and v["all"].confident_mistakes]
-    if reports["tune"].accuracy < MIN_ACCURACY:
-        missed.append(f"tune accuracy {reports['tune'].accuracy:.1%} < {MIN_ACCURACY:.0%}")
-    return missed
+    return missed_aims(reports, variants, MIN_ACCURACY)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--errors", action="store_true", help="list the wrong outcomes")
-    parser.add_argument("--unsure", action="store_true",
-                        help="list what would go to the LLM (or the admin)")
-    parser.add_argument("--split", choices=(*SPLITS, "all"), default="tune",
-                        help="which split --errors/--unsure list (default: tune; look at "
-                             "held_out only once tuning is over)")
-    args = parser.parse_args()
-
+    args = arguments(__doc__, DEFAULT_DATA, "what would go to the LLM (or the admin)")
     reports = evaluate(args.data)
     variants = perturbed(args.data)
-    print(f"labelled replies: {args.data.relative_to(ROOT) if args.data.is_relative_to(ROOT) else args.data}"
-          f"  (keywords only; with no LLM, an unsure reply is 'unclear': the admin reads it)\n")
-    print_summary(reports, "admin")
-    print("\nhow often the keyword reading is right, by its confidence "
-          "(below 0.70: the LLM, else the admin):")
-    print_bands(reports)
-    print_perturbed(reports, variants)
-    for name in SPLITS:
-        print(f"\n{name}: expected \\ outcome with no LLM")
-        print_confusion(reports[name], INTENTS, "expected")
-
+    print_figures(f"labelled replies: {shown(args.data)}  (keywords only; with no LLM, an "
+                  "unsure reply is 'unclear': the admin reads it)", reports, variants,
+                  default="admin", bands="how often the keyword reading is right, by its "
+                                         "confidence (below 0.70: the LLM, else the admin):",
+                  labels=INTENTS)
     chosen = reports[args.split]
     if args.errors:
         print_outcomes("confident mistakes", chosen.confident_mistakes)
-        for variant, v in variants.items():
-            print_outcomes(f"confident mistakes {variant}", SplitReport(
-                args.split, [o for o in v["all"].outcomes
-                             if args.split == "all" or o.split == args.split]).confident_mistakes)
+        print_variant_mistakes(variants, args.split)
     if args.unsure:
         print_outcomes("keywords unsure (the LLM, else the admin)",
                        [o for o in chosen.outcomes if not o.decided])
-    missed = aims_met(reports, variants)
-    print("\naims: " + ("all met" if not missed else "MISSED: " + "; ".join(missed)))
-    return 1 if missed else 0
+    return verdict(aims_met(reports, variants))
 
 
 if __name__ == "__main__":
