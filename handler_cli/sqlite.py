@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+MAX_BOUND = 500  # values bound in one statement, well under SQLite's limit of variables
 
 
 def connect(path: Path, schema: str = "") -> sqlite3.Connection:
@@ -38,15 +40,22 @@ def add_columns(db: sqlite3.Connection, table: str, columns: dict[str, str]) -> 
     return added
 
 
+def chunks(values: Sequence[str]) -> Iterator[list[str]]:
+    """`values` in slices under SQLite's limit of bound variables (for `IN (...)`)."""
+    for start in range(0, len(values), MAX_BOUND):
+        yield list(values[start:start + MAX_BOUND])
+
+
+def marks(values: Sequence[object]) -> str:
+    """The placeholders of `IN (...)` for `values`: "?, ?, ?"."""
+    return ", ".join("?" * len(values))
+
+
 def delete_in(db: sqlite3.Connection, table: str, column: str, values: Sequence[str]) -> int:
     """DELETE the rows whose `column` is one of `values` (in chunks under SQLite's limit of
     bound variables); how many."""
-    removed = 0
-    for start in range(0, len(values), 500):
-        chunk = list(values[start:start + 500])
-        removed += db.execute(f"DELETE FROM {table} WHERE {column} IN"
-                              f" ({', '.join('?' * len(chunk))})", chunk).rowcount
-    return removed
+    return sum(db.execute(f"DELETE FROM {table} WHERE {column} IN ({marks(chunk)})",
+                          chunk).rowcount for chunk in chunks(values))
 
 
 def scrub(path: Path) -> None:

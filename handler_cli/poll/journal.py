@@ -18,10 +18,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from handler_cli.poll.decide import Reading
-from handler_cli.sqlite import connect
+from handler_cli.sqlite import add_columns, chunks, connect, delete_in, marks
 
 if TYPE_CHECKING:
     from handler_cli.replies import Reply
@@ -42,6 +42,25 @@ class Begun:
     reading: Reading
     text: str
     forward: bool
+
+    # How an entry is written and read back is the same on every backend; only the SQL differs.
+    def values(self, at: datetime) -> tuple[Any, ...]:
+        """What an entry begun `at` is written with: (ticket_id, reply_key, crm_id, source,
+        request_id, intent, confiance, method, action, forward, text, reply, started_at)."""
+        reply, reading = self.reply, self.reading
+        return (reply.ticket_id, reply.key, reply.crm_id, reply.source, self.request_id,
+                reading.intent, reading.confiance, reading.method, self.action, self.forward,
+                self.text, reply.to_json(), at.isoformat())
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Begun:
+        """An entry from its (reply, request_id, action, intent, confiance, method, text,
+        forward)."""
+        from handler_cli.replies import Reply
+
+        reply, request_id, action, intent, confiance, method, text, forward = row
+        return cls(Reply.from_json(reply), request_id, action, Reading(intent, confiance, method),
+                   text, bool(forward))
 
 
 class PollJournal(Protocol):
@@ -91,6 +110,12 @@ class PollJournal(Protocol):
 class Journal:
     """`PollJournal` in one SQLite file (`poll.sqlite3` in the data dir)."""
 
+    # Begun.values(), then state and error.
+    _WRITE = ("INSERT INTO replies (ticket_id, reply_key, crm_id, source, request_id, intent,"
+              " confiance, method, action, forward, text, reply, started_at, state, error)"
+              " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+              " ON CONFLICT(ticket_id, reply_key) DO ")
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
@@ -103,22 +128,12 @@ class Journal:
             " reply TEXT NOT NULL, started_at TEXT NOT NULL, handled_at TEXT, error TEXT,"
             " PRIMARY KEY (ticket_id, reply_key))",
         )
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(replies)")}
-        if "error" not in columns:  # a journal written before parking existed
-            self._db.execute("ALTER TABLE replies ADD COLUMN error TEXT")
+        with self._lock:  # a journal written before parking existed has no error column
+            add_columns(self._db, "replies", {"error": "TEXT"})
 
     def begin(self, entry: Begun, at: datetime) -> None:
-        reply, reading = entry.reply, entry.reading
         with self._lock:
-            self._db.execute(
-                "INSERT INTO replies (ticket_id, reply_key, crm_id, source, request_id, state,"
-                " intent, confiance, method, action, forward, text, reply, started_at)"
-                " VALUES (?, ?, ?, ?, ?, 'acting', ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT(ticket_id, reply_key) DO NOTHING",
-                (reply.ticket_id, reply.key, reply.crm_id, reply.source, entry.request_id,
-                 reading.intent, reading.confiance, reading.method, entry.action,
-                 int(entry.forward), entry.text, reply.to_json(), at.isoformat()),
-            )
+            self._db.execute(self._WRITE + "NOTHING", (*entry.values(at), "acting", None))
 
     def finish(self, reply: Reply, at: datetime) -> None:
         with self._lock:
@@ -128,18 +143,9 @@ class Journal:
             )
 
     def park(self, entry: Begun, error: str, at: datetime) -> None:
-        reply, reading = entry.reply, entry.reading
         with self._lock:
-            self._db.execute(
-                "INSERT INTO replies (ticket_id, reply_key, crm_id, source, request_id, state,"
-                " intent, confiance, method, action, forward, text, reply, started_at, error)"
-                " VALUES (?, ?, ?, ?, ?, 'failed', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT(ticket_id, reply_key) DO UPDATE SET state = 'failed',"
-                " error = excluded.error",
-                (reply.ticket_id, reply.key, reply.crm_id, reply.source, entry.request_id,
-                 reading.intent, reading.confiance, reading.method, entry.action,
-                 int(entry.forward), entry.text, reply.to_json(), at.isoformat(), error),
-            )
+            self._db.execute(self._WRITE + "UPDATE SET state = 'failed', error = excluded.error",
+                             (*entry.values(at), "failed", error))
 
     def retry_failed(self) -> int:
         with self._lock:
@@ -153,25 +159,20 @@ class Journal:
         return resumed + forgotten
 
     def unfinished(self) -> list[Begun]:
-        from handler_cli.replies import Reply
-
         with self._lock:
             rows = self._db.execute(
                 "SELECT reply, request_id, action, intent, confiance, method, text, forward"
                 " FROM replies WHERE state = 'acting' ORDER BY started_at"
             ).fetchall()
-        return [Begun(Reply.from_json(r[0]), r[1], r[2], Reading(r[3], r[4], r[5]), r[6],
-                      bool(r[7])) for r in rows]
+        return [Begun.from_row(r) for r in rows]
 
     def rows(self, ticket_ids: Sequence[str]) -> list[tuple[str, str, str | None, str]]:
         found: list[tuple[str, str, str | None, str]] = []
         with self._lock:
-            for start in range(0, len(ticket_ids), 500):
-                chunk = list(ticket_ids[start:start + 500])
-                marks = ",".join("?" * len(chunk))
+            for chunk in chunks(ticket_ids):
                 found += self._db.execute(
                     "SELECT ticket_id, reply_key, crm_id, started_at FROM replies"
-                    f" WHERE ticket_id IN ({marks})", chunk,
+                    f" WHERE ticket_id IN ({marks(chunk)})", chunk,
                 ).fetchall()
         return found
 
@@ -197,14 +198,8 @@ class Journal:
 
     def remove(self, request_ids: Sequence[str]) -> int:
         """Forget these requests' entries (retention, `forget`: handler_cli.retention)."""
-        removed = 0
         with self._lock:
-            for start in range(0, len(request_ids), 500):
-                chunk = list(request_ids[start:start + 500])
-                removed += self._db.execute(
-                    f"DELETE FROM replies WHERE request_id IN ({','.join('?' * len(chunk))})",
-                    chunk).rowcount
-        return removed
+            return delete_in(self._db, "replies", "request_id", request_ids)
 
     def close(self) -> None:
         with self._lock:

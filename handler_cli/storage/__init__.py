@@ -83,6 +83,36 @@ class Removed:
             self.counts[store] = self.counts.get(store, 0) + count
 
 
+class RetainedStore(Protocol):
+    """A store of requests by id, as retention and forgetting ask it (the request store, the
+    documents)."""
+
+    def finished_before(self, cutoff: float) -> tuple[set[str], set[str]]:
+        """(finished and untouched since `cutoff`, to keep) request ids."""
+        ...
+
+    def requests_of(self, email: str) -> set[str]: ...
+
+
+def finished_in(stores: Iterable[RetainedStore], cutoff: float) -> list[str]:
+    """`Storage.finished_before` on any backend: a request is removable where it is found, in
+    every store that has it (a record with no document, when no ticket was made; a document
+    with no record, from `run`; or both), and kept when any store says it is still open,
+    waiting or recent."""
+    old: set[str] = set()
+    keep: set[str] = set()
+    for store in stores:
+        found, kept = store.finished_before(cutoff)
+        old |= found
+        keep |= kept
+    return sorted(old - keep)
+
+
+def requests_in(stores: Iterable[RetainedStore], email: str) -> list[str]:
+    """`Storage.requests_of` on any backend: the ids any of these stores has for `email`."""
+    return sorted(set().union(*(store.requests_of(email) for store in stores)))
+
+
 def generated_secret(path: Path) -> bytes:
     """A secret made once in the data dir and shared by every process that uses it.
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import cached_property
 
-from handler_cli.storage import Removed
+from handler_cli.storage import Removed, finished_in, requests_in
 from handler_cli.storage.postgres.connections import POLL_LOCK, Connections, connect_pool
 from handler_cli.storage.postgres.documents import PostgresDocuments
 from handler_cli.storage.postgres.effects import PostgresEffects
@@ -81,12 +81,10 @@ class PostgresStorage:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (POLL_LOCK,))
 
     def finished_before(self, cutoff: float) -> list[str]:
-        old_records, keep_records = self.requests.finished_before(cutoff)
-        old_docs, keep_docs = self.documents.finished_before(cutoff)
-        return sorted((old_records | old_docs) - keep_records - keep_docs)
+        return finished_in((self.requests, self.documents), cutoff)
 
     def requests_of(self, email: str) -> list[str]:
-        return sorted(self.requests.requests_of(email) | self.documents.requests_of(email))
+        return requests_in((self.requests, self.documents), email)
 
     def remove(self, request_ids: Sequence[str]) -> Removed:
         """One transaction: a request is gone from every store, or from none."""

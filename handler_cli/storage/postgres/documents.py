@@ -6,66 +6,49 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from handler_cli.storage import WAITING_STATUSES, StaleDocument, adopt
+from handler_cli.storage import WAITING_STATUSES
 from handler_cli.storage.postgres.connections import Connections
+from handler_cli.storage.rows import RevisedDocuments
 
 if TYPE_CHECKING:
     from handler_cli.document import Document
 
 
-class PostgresDocuments:
+class PostgresDocuments(RevisedDocuments):
     """`DocumentStore` in `handler_documents`, saved by compare-and-set on `revision`."""
 
     def __init__(self, db: Connections) -> None:
         self.db = db
 
-    @staticmethod
-    def _doc(body: str, revision: int) -> Document:
-        from handler_cli.document import Document
-
-        doc = Document.model_validate_json(body)
-        doc._revision = int(revision)
-        return doc
-
     def get(self, request_id: str) -> Document | None:
         row = self.db.conn().execute("SELECT body, revision FROM handler_documents"
                                      " WHERE request_id = %s", (request_id,)).fetchone()
-        return self._doc(*row) if row else None
+        return self._loaded(*row) if row else None
 
     def by_ticket(self, ticket_id: str) -> Document | None:
         row = self.db.conn().execute("SELECT body, revision FROM handler_documents"
                                      " WHERE ticket_id = %s LIMIT 1", (ticket_id,)).fetchone()
-        return self._doc(*row) if row else None
+        return self._loaded(*row) if row else None
 
-    def save(self, doc: Document) -> None:
-        now = datetime.now(UTC).timestamp()
-        if doc._revision is None:
-            cur = self.db.conn().execute(
-                "INSERT INTO handler_documents (request_id, ticket_id, body, revision, updated_at)"
-                " VALUES (%s, %s, %s, 1, %s) ON CONFLICT (request_id) DO NOTHING",
-                (doc.request_id, doc.ticket_id, doc.to_json(), now))
-        else:
-            cur = self.db.conn().execute(
-                "UPDATE handler_documents SET ticket_id = %s, body = %s, revision = revision + 1,"
-                " updated_at = %s WHERE request_id = %s AND revision = %s",
-                (doc.ticket_id, doc.to_json(), now, doc.request_id, doc._revision))
-        if cur.rowcount != 1:
-            raise StaleDocument(doc.request_id)
-        doc._revision = 1 if doc._revision is None else doc._revision + 1
+    def _insert(self, doc: Document, body: str) -> bool:
+        return self.db.conn().execute(
+            "INSERT INTO handler_documents (request_id, ticket_id, body, revision, updated_at)"
+            " VALUES (%s, %s, %s, 1, %s) ON CONFLICT (request_id) DO NOTHING",
+            (doc.request_id, doc.ticket_id, body, datetime.now(UTC).timestamp())).rowcount == 1
 
-    def refresh(self, doc: Document) -> bool:
-        stored = self.get(doc.request_id)
-        if stored is None:
-            return False
-        adopt(doc, stored)
-        return True
+    def _update(self, doc: Document, body: str) -> bool:
+        return self.db.conn().execute(
+            "UPDATE handler_documents SET ticket_id = %s, body = %s, revision = revision + 1,"
+            " updated_at = %s WHERE request_id = %s AND revision = %s",
+            (doc.ticket_id, body, datetime.now(UTC).timestamp(), doc.request_id,
+             doc._revision)).rowcount == 1
 
     def validated_without_subtask(self) -> list[Document]:
         rows = self.db.conn().execute(
             "SELECT body, revision FROM handler_documents"
             " WHERE body::jsonb ->> 'validation_status' = 'validated'"
             " AND coalesce(body::jsonb ->> 'clickup_subtask_id', '') = ''").fetchall()
-        return [self._doc(*r) for r in rows]
+        return [self._loaded(*r) for r in rows]
 
     # retention and forgetting (handler_cli.retention)
 

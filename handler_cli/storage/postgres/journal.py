@@ -14,21 +14,20 @@ if TYPE_CHECKING:
 
 
 class PostgresJournal:
-    """`PollJournal` in `handler_replies` (see handler_cli.poll.journal)."""
+    """`PollJournal` in `handler_replies` (see handler_cli.poll.journal, imported only when
+    an entry is read back: the storage layer does not load the poll)."""
+
+    # Begun.values(), then state and error.
+    _WRITE = ("INSERT INTO handler_replies (ticket_id, reply_key, crm_id, source, request_id,"
+              " intent, confiance, method, action, forward, text, reply, started_at, state,"
+              " error) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+              " ON CONFLICT (ticket_id, reply_key) DO ")
 
     def __init__(self, db: Connections) -> None:
         self.db = db
 
     def begin(self, entry: Begun, at: datetime) -> None:
-        reply, reading = entry.reply, entry.reading
-        self.db.conn().execute(
-            "INSERT INTO handler_replies (ticket_id, reply_key, crm_id, source, request_id,"
-            " state, intent, confiance, method, action, forward, text, reply, started_at)"
-            " VALUES (%s, %s, %s, %s, %s, 'acting', %s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (ticket_id, reply_key) DO NOTHING",
-            (reply.ticket_id, reply.key, reply.crm_id, reply.source, entry.request_id,
-             reading.intent, reading.confiance, reading.method, entry.action, entry.forward,
-             entry.text, reply.to_json(), at.isoformat()))
+        self.db.conn().execute(self._WRITE + "NOTHING", (*entry.values(at), "acting", None))
 
     def finish(self, reply: Reply, at: datetime) -> None:
         self.db.conn().execute(
@@ -36,16 +35,9 @@ class PostgresJournal:
             " AND reply_key = %s", (at.isoformat(), reply.ticket_id, reply.key))
 
     def park(self, entry: Begun, error: str, at: datetime) -> None:
-        reply, reading = entry.reply, entry.reading
         self.db.conn().execute(
-            "INSERT INTO handler_replies (ticket_id, reply_key, crm_id, source, request_id,"
-            " state, intent, confiance, method, action, forward, text, reply, started_at,"
-            " error) VALUES (%s, %s, %s, %s, %s, 'failed', %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (ticket_id, reply_key) DO UPDATE SET state = 'failed',"
-            " error = excluded.error",
-            (reply.ticket_id, reply.key, reply.crm_id, reply.source, entry.request_id,
-             reading.intent, reading.confiance, reading.method, entry.action, entry.forward,
-             entry.text, reply.to_json(), at.isoformat(), error))
+            self._WRITE + "UPDATE SET state = 'failed', error = excluded.error",
+            (*entry.values(at), "failed", error))
 
     def retry_failed(self) -> int:
         from handler_cli.poll.journal import UNREAD
@@ -60,15 +52,12 @@ class PostgresJournal:
         return resumed + forgotten
 
     def unfinished(self) -> list[Begun]:
-        from handler_cli.poll.decide import Reading
         from handler_cli.poll.journal import Begun
-        from handler_cli.replies import Reply
 
         rows = self.db.conn().execute(
             "SELECT reply, request_id, action, intent, confiance, method, text, forward"
             " FROM handler_replies WHERE state = 'acting' ORDER BY started_at").fetchall()
-        return [Begun(Reply.from_json(r[0]), r[1], r[2], Reading(r[3], r[4], r[5]), r[6],
-                      bool(r[7])) for r in rows]
+        return [Begun.from_row(r) for r in rows]
 
     def rows(self, ticket_ids: Sequence[str]) -> list[tuple[str, str, str | None, str]]:
         found = self.db.conn().execute(

@@ -6,7 +6,6 @@ Every change that must be atomic is one statement or one transaction (row locks,
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -16,24 +15,21 @@ from handler_cli.intake.records import (
     NewRequest,
     RequestRecord,
     RequestStatus,
-    past_attempt,
 )
 from handler_cli.storage.postgres.connections import Connections
+from handler_cli.storage.rows import (
+    CLOCK_SKEW,
+    LIGHT_COLUMNS,
+    REQUEST_COLUMNS,
+    owned_update,
+    replayed_history,
+    request_record,
+)
 
-CLOCK_SKEW = 1.0  # between machines: a due request is claimable this long before its time
-_COLUMNS = ("request_id", "status", "document", "steps", "attempts", "created_at", "updated_at",
-            "due_at", "lease_owner", "lease_until", "last_error", "idempotency_key", "history")
-_LIGHT = tuple(c for c in _COLUMNS if c != "document")
+_COLUMNS = ", ".join(REQUEST_COLUMNS)
 _OPEN = tuple(str(s) for s in (RequestStatus.QUEUED, RequestStatus.RUNNING,
                                RequestStatus.RETRYING))
 FINISHED = (str(RequestStatus.DONE), str(RequestStatus.FAILED))
-
-
-def _record(row: Sequence[Any], columns: Sequence[str] = _COLUMNS) -> RequestRecord:
-    values = dict(zip(columns, row, strict=True))
-    values["steps"] = json.loads(values.get("steps") or "{}")
-    values["history"] = json.loads(values.get("history") or "[]")
-    return RequestRecord(**values)
 
 
 class PostgresRequestStore:
@@ -122,23 +118,23 @@ class PostgresRequestStore:
 
     def get(self, request_id: str) -> RequestRecord | None:
         row = self.db.conn().execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM handler_requests WHERE request_id = %s",
+            f"SELECT {_COLUMNS} FROM handler_requests WHERE request_id = %s",
             (request_id,)).fetchone()
-        return _record(row) if row else None
+        return request_record(row) if row else None
 
     def recent(self, status: str | None = None, limit: int = 50) -> list[RequestRecord]:
-        sql = f"SELECT {', '.join(_COLUMNS)} FROM handler_requests"
+        sql = f"SELECT {_COLUMNS} FROM handler_requests"
         args: tuple[Any, ...] = ()
         if status:
             sql, args = sql + " WHERE status = %s", (status,)
         rows = self.db.conn().execute(sql + " ORDER BY created_at DESC LIMIT %s", (*args, limit))
-        return [_record(r) for r in rows.fetchall()]
+        return [request_record(r) for r in rows.fetchall()]
 
     def open_requests(self) -> list[RequestRecord]:
         rows = self.db.conn().execute(
-            f"SELECT {', '.join(_LIGHT)} FROM handler_requests WHERE status = ANY(%s)"
+            f"SELECT {', '.join(LIGHT_COLUMNS)} FROM handler_requests WHERE status = ANY(%s)"
             " ORDER BY created_at", (list(_OPEN),)).fetchall()
-        return [_record(r, _LIGHT) for r in rows]
+        return [request_record(r, LIGHT_COLUMNS) for r in rows]
 
     def claim(self, request_id: str, owner: str, now: float, lease_until: float
               ) -> RequestRecord | None:
@@ -147,15 +143,13 @@ class PostgresRequestStore:
             " attempts = attempts + 1, updated_at = %s WHERE request_id = %s AND ("
             " (status IN ('queued', 'retrying') AND coalesce(due_at, 0) <= %s)"
             " OR (status = 'running' AND coalesce(lease_until, 0) < %s))"
-            f" RETURNING {', '.join(_COLUMNS)}",
+            f" RETURNING {_COLUMNS}",
             (owner, lease_until, now, request_id, now + CLOCK_SKEW, now)).fetchone()
-        return _record(row) if row else None
+        return request_record(row) if row else None
 
     def update_owned(self, request_id: str, owner: str, status: str, fields: dict[str, Any]
                      ) -> bool:
-        values = {**fields, "status": str(status)}
-        if "steps" in values:
-            values["steps"] = json.dumps(values["steps"])
+        values = owned_update(status, fields)
         assignments = ", ".join(f"{name} = %s" for name in values)
         cur = self.db.conn().execute(
             f"UPDATE handler_requests SET {assignments} WHERE request_id = %s"
@@ -177,14 +171,11 @@ class PostgresRequestStore:
                 " FROM handler_requests WHERE request_id = %s FOR UPDATE",
                 (request_id,)).fetchone()
             if row is not None and row[0] in allowed:
-                history = json.loads(row[5] or "[]")
-                history.append(past_attempt(row[0], row[1], row[2], json.loads(row[3] or "{}"),
-                                            row[4], now))
                 conn.execute(
                     "UPDATE handler_requests SET status = 'queued', attempts = 0, due_at = %s,"
                     " updated_at = %s, lease_owner = NULL, lease_until = NULL,"
                     " last_error = NULL, history = %s WHERE request_id = %s",
-                    (now, now, json.dumps(history, ensure_ascii=False), request_id))
+                    (now, now, replayed_history(row, now), request_id))
         return str(row[0]) if row else None
 
     def prune(self, now: float) -> None:

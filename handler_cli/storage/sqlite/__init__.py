@@ -19,7 +19,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from handler_cli.sqlite import scrub
-from handler_cli.storage import DataDir, Removed
+from handler_cli.storage import DataDir, Removed, finished_in, requests_in
 from handler_cli.storage.sqlite.documents import SqliteDocuments
 from handler_cli.storage.sqlite.effects import SqliteEffects
 from handler_cli.storage.sqlite.forgotten import SqliteForgotten
@@ -69,15 +69,10 @@ class SqliteStorage:
         return poll_lock(self.data_dir.root)
 
     def finished_before(self, cutoff: float) -> list[str]:
-        # Removable where it is found, in every store that has it: a record with no document
-        # (no ticket was made), a document with no record (the CLI's `run`), or both; kept
-        # when either store says it is still open, waiting or recent.
-        old_records, keep_records = self.requests.finished_before(cutoff)
-        old_docs, keep_docs = self.documents.finished_before(cutoff)
-        return sorted((old_records | old_docs) - keep_records - keep_docs)
+        return finished_in((self.requests, self.documents), cutoff)
 
     def requests_of(self, email: str) -> list[str]:
-        return sorted(self.requests.requests_of(email) | self.documents.requests_of(email))
+        return requests_in((self.requests, self.documents), email)
 
     def remove(self, request_ids: Sequence[str]) -> Removed:
         """Store by store (each file is its own transaction): the documents and the record

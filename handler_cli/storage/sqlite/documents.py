@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from handler_cli.sqlite import add_columns, connect, delete_in
-from handler_cli.storage import WAITING_STATUSES, StaleDocument, adopt
+from handler_cli.storage import WAITING_STATUSES
+from handler_cli.storage.rows import RevisedDocuments
 
 if TYPE_CHECKING:
     from handler_cli.document import Document
 
 
-class SqliteDocuments:
+class SqliteDocuments(RevisedDocuments):
     """`DocumentStore` in `documents.sqlite3`: a revision per document, saved by compare-and-set."""
 
     def __init__(self, path: Path) -> None:
@@ -29,19 +30,11 @@ class SqliteDocuments:
         with self._lock:
             add_columns(self._db, "documents", {"revision": "INTEGER NOT NULL DEFAULT 1"})
 
-    @staticmethod
-    def _doc(body: str, revision: int) -> Document:
-        from handler_cli.document import Document
-
-        doc = Document.model_validate_json(body)
-        doc._revision = int(revision)
-        return doc
-
     def _one(self, where: str, arg: str) -> Document | None:
         with self._lock:
             row = self._db.execute(
                 f"SELECT body, revision FROM documents WHERE {where} = ?", (arg,)).fetchone()
-        return self._doc(*row) if row else None
+        return self._loaded(*row) if row else None
 
     def get(self, request_id: str) -> Document | None:
         return self._one("request_id", request_id)
@@ -49,28 +42,19 @@ class SqliteDocuments:
     def by_ticket(self, ticket_id: str) -> Document | None:
         return self._one("ticket_id", ticket_id)
 
-    def save(self, doc: Document) -> None:
+    def _insert(self, doc: Document, body: str) -> bool:
         with self._lock:
-            if doc._revision is None:
-                cur = self._db.execute(
-                    "INSERT INTO documents (request_id, ticket_id, body, revision)"
-                    " VALUES (?, ?, ?, 1) ON CONFLICT(request_id) DO NOTHING",
-                    (doc.request_id, doc.ticket_id, doc.to_json()))
-            else:
-                cur = self._db.execute(
-                    "UPDATE documents SET ticket_id = ?, body = ?, revision = revision + 1,"
-                    " updated_at = CURRENT_TIMESTAMP WHERE request_id = ? AND revision = ?",
-                    (doc.ticket_id, doc.to_json(), doc.request_id, doc._revision))
-        if cur.rowcount != 1:
-            raise StaleDocument(doc.request_id)
-        doc._revision = 1 if doc._revision is None else doc._revision + 1
+            return self._db.execute(
+                "INSERT INTO documents (request_id, ticket_id, body, revision)"
+                " VALUES (?, ?, ?, 1) ON CONFLICT(request_id) DO NOTHING",
+                (doc.request_id, doc.ticket_id, body)).rowcount == 1
 
-    def refresh(self, doc: Document) -> bool:
-        stored = self.get(doc.request_id)
-        if stored is None:
-            return False
-        adopt(doc, stored)
-        return True
+    def _update(self, doc: Document, body: str) -> bool:
+        with self._lock:
+            return self._db.execute(
+                "UPDATE documents SET ticket_id = ?, body = ?, revision = revision + 1,"
+                " updated_at = CURRENT_TIMESTAMP WHERE request_id = ? AND revision = ?",
+                (doc.ticket_id, body, doc.request_id, doc._revision)).rowcount == 1
 
     def validated_without_subtask(self) -> list[Document]:
         """Validated requests whose production subtask is still missing: the poll retries them."""
@@ -80,7 +64,7 @@ class SqliteDocuments:
                 " WHERE json_extract(body, '$.validation_status') = 'validated'"
                 " AND json_extract(body, '$.clickup_subtask_id') IS NULL"
             ).fetchall()
-        return [self._doc(*row) for row in rows]
+        return [self._loaded(*row) for row in rows]
 
     # retention and forgetting (handler_cli.retention)
 
@@ -111,3 +95,4 @@ class SqliteDocuments:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+

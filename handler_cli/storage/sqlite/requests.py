@@ -6,7 +6,6 @@ the workers' writes at NORMAL (a lost checkpoint only means a step runs again).
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
@@ -14,17 +13,17 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from handler_cli.intake.records import (
-    KEY_WINDOW,
-    Accepted,
-    NewRequest,
-    RequestRecord,
-    past_attempt,
-)
-from handler_cli.sqlite import add_columns
+from handler_cli.intake.records import KEY_WINDOW, Accepted, NewRequest, RequestRecord
+from handler_cli.sqlite import add_columns, chunks, delete_in, marks
 from handler_cli.storage import BUSY_TIMEOUT_MS, StoreBusy
-
-CLOCK_SKEW = 1.0  # a due request is claimable this long before its time
+from handler_cli.storage.rows import (
+    CLOCK_SKEW,
+    LIGHT_COLUMNS,
+    REQUEST_COLUMNS,
+    owned_update,
+    replayed_history,
+    request_record,
+)
 
 _SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -39,21 +38,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
 CREATE INDEX IF NOT EXISTS idempotency_request ON idempotency (request_id);
 CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 """
-_COLUMNS = ("request_id", "status", "document", "steps", "attempts", "created_at", "updated_at",
-            "due_at", "lease_owner", "lease_until", "last_error", "idempotency_key", "history")
-_LIGHT = tuple(c for c in _COLUMNS if c != "document")
-
-
-def _record(row: Sequence[Any], columns: Sequence[str] = _COLUMNS) -> RequestRecord:
-    values = dict(zip(columns, row, strict=True))
-    values["steps"] = json.loads(values.get("steps") or "{}")
-    values["history"] = json.loads(values.get("history") or "[]")
-    return RequestRecord(**values)
-
-
-def _chunks(values: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
-    """`values` in slices under SQLite's limit of bound variables."""
-    return (values[start:start + size] for start in range(0, len(values), size))
+_COLUMNS = ", ".join(REQUEST_COLUMNS)
 
 
 class SqliteRequestStore:
@@ -132,18 +117,18 @@ class SqliteRequestStore:
         stored already, however long ago. One query for the keys, one for the ids."""
         by_key: dict[str, Accepted] = {}
         keys_given = [item.key for item in items if item.key]
-        for chunk in _chunks(keys_given):
+        for chunk in chunks(keys_given):
             for key, request_id, status in conn.execute(
                 "SELECT i.key, r.request_id, r.status FROM idempotency i JOIN requests r"
                 " ON r.request_id = i.request_id WHERE i.expires_at > ?"
-                f" AND i.key IN ({', '.join('?' * len(chunk))})", (now, *chunk),
+                f" AND i.key IN ({marks(chunk)})", (now, *chunk),
             ):
                 by_key[key] = Accepted(request_id, status, False)
         by_id: dict[str, Accepted] = {}
-        for chunk in _chunks([item.request_id for item in items]):
+        for chunk in chunks([item.request_id for item in items]):
             for request_id, status in conn.execute(
-                "SELECT request_id, status FROM requests"
-                f" WHERE request_id IN ({', '.join('?' * len(chunk))})", chunk,
+                f"SELECT request_id, status FROM requests WHERE request_id IN ({marks(chunk)})",
+                chunk,
             ):
                 by_id[request_id] = Accepted(request_id, status, False)
         results: list[Accepted] = []
@@ -172,24 +157,24 @@ class SqliteRequestStore:
 
     def get(self, request_id: str) -> RequestRecord | None:
         row = self._conn().execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM requests WHERE request_id = ?", (request_id,)
+            f"SELECT {_COLUMNS} FROM requests WHERE request_id = ?", (request_id,)
         ).fetchone()
-        return _record(row) if row else None
+        return request_record(row) if row else None
 
     def recent(self, status: str | None = None, limit: int = 50) -> list[RequestRecord]:
-        sql = f"SELECT {', '.join(_COLUMNS)} FROM requests"
+        sql = f"SELECT {_COLUMNS} FROM requests"
         args: tuple[Any, ...] = ()
         if status:
             sql, args = sql + " WHERE status = ?", (status,)
         rows = self._conn().execute(sql + " ORDER BY created_at DESC LIMIT ?", (*args, limit))
-        return [_record(r) for r in rows.fetchall()]
+        return [request_record(r) for r in rows.fetchall()]
 
     def open_requests(self) -> list[RequestRecord]:
         rows = self._conn().execute(
-            f"SELECT {', '.join(_LIGHT)} FROM requests"
+            f"SELECT {', '.join(LIGHT_COLUMNS)} FROM requests"
             " WHERE status IN ('queued', 'running', 'retrying') ORDER BY created_at"
         ).fetchall()
-        return [_record(r, _LIGHT) for r in rows]
+        return [request_record(r, LIGHT_COLUMNS) for r in rows]
 
     def claim(
         self, request_id: str, owner: str, now: float, lease_until: float
@@ -199,17 +184,15 @@ class SqliteRequestStore:
             " attempts = attempts + 1, updated_at = ? WHERE request_id = ? AND ("
             " (status IN ('queued', 'retrying') AND coalesce(due_at, 0) <= ?)"
             " OR (status = 'running' AND coalesce(lease_until, 0) < ?))"
-            f" RETURNING {', '.join(_COLUMNS)}",
+            f" RETURNING {_COLUMNS}",
             (owner, lease_until, now, request_id, now + CLOCK_SKEW, now),
         ).fetchone()
-        return _record(row) if row else None
+        return request_record(row) if row else None
 
     def update_owned(
         self, request_id: str, owner: str, status: str, fields: dict[str, Any]
     ) -> bool:
-        values = {**fields, "status": status}
-        if "steps" in values:
-            values["steps"] = json.dumps(values["steps"])
+        values = owned_update(status, fields)
         assignments = ", ".join(f"{name} = ?" for name in values)
         cur = self._conn().execute(
             f"UPDATE requests SET {assignments} WHERE request_id = ? AND status = 'running'"
@@ -223,7 +206,7 @@ class SqliteRequestStore:
         if ids:
             self._conn().execute(
                 "UPDATE requests SET lease_until = ? WHERE status = 'running' AND lease_owner = ?"
-                f" AND request_id IN ({', '.join('?' * len(ids))})",
+                f" AND request_id IN ({marks(ids)})",
                 (lease_until, owner, *ids),
             )
 
@@ -236,14 +219,11 @@ class SqliteRequestStore:
                 " WHERE request_id = ?", (request_id,)
             ).fetchone()
             if row is not None and row[0] in allowed:
-                history = json.loads(row[5] or "[]")
-                history.append(past_attempt(row[0], row[1], row[2], json.loads(row[3] or "{}"),
-                                            row[4], now))
                 conn.execute(
                     "UPDATE requests SET status = 'queued', attempts = 0, due_at = ?,"
                     " updated_at = ?, lease_owner = NULL, lease_until = NULL, last_error = NULL,"
                     " history = ? WHERE request_id = ?",
-                    (now, now, json.dumps(history, ensure_ascii=False), request_id),
+                    (now, now, replayed_history(row, now), request_id),
                 )
             conn.execute("COMMIT")
         except BaseException:
@@ -279,16 +259,11 @@ class SqliteRequestStore:
     def remove(self, request_ids: Sequence[str]) -> int:
         """Delete these requests and the idempotency keys that point to them, in one
         transaction; how many requests."""
-        removed = 0
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for start in range(0, len(request_ids), 500):
-                chunk = list(request_ids[start:start + 500])
-                marks = ", ".join("?" * len(chunk))
-                conn.execute(f"DELETE FROM idempotency WHERE request_id IN ({marks})", chunk)
-                removed += conn.execute(
-                    f"DELETE FROM requests WHERE request_id IN ({marks})", chunk).rowcount
+            delete_in(conn, "idempotency", "request_id", request_ids)
+            removed = delete_in(conn, "requests", "request_id", request_ids)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
