@@ -7,27 +7,24 @@ by the poll), and the poll's journal (what the client answered, when, and what w
 `Overview` reads them, never writes, and joins them into one `RequestView` per request;
 `requests list/show` and `stats` render it.
 
-The stores are read through `StoreReader`, a small read-only port, on the backend the
-storage layer uses: `SqliteReader` reads the embedded files of the data dir (opening none
-that does not exist, creating nothing), `PostgresReader` the shared database. The request
-store is read through its own interface; documents and journal by their tables, as listing
-them all is a need of this view only.
+The stores are read through the storage layer (`handler_cli.storage`), on the backend it
+chose, with their read-only listings (`DocumentStore.listing`, `PollJournal.entries`): this
+module knows no table and no SQL. On the embedded backend a store whose file does not exist
+is not opened (opening one creates it) and reads as empty, so the view creates nothing.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
-from collections.abc import Iterator
-from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from handler_cli.config import Settings
     from handler_cli.intake.records import RequestRecord
+    from handler_cli.poll.journal import JournalEntry, PollJournal
+    from handler_cli.storage import DocumentStore, RequestStore, SavedDocument
 
 # The statuses of the view, in the order a request goes through them.
 PROCESSING = ("queued", "running", "retrying", "failed")  # the webhook's own, while it works
@@ -48,6 +45,12 @@ class ClientAnswer:
     state: str  # acting, done, or failed (parked until `poll --retry-failed`)
     text: str
     error: str | None = None
+
+    @classmethod
+    def of(cls, entry: JournalEntry) -> ClientAnswer:
+        """The answer a journal entry records (its start stands in for a reply with no date)."""
+        return cls(entry.written_at or entry.started_at, entry.handled_at, entry.intent,
+                   entry.action, entry.state, entry.text, entry.error)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"at": self.at, "intent": self.intent, "action": self.action,
@@ -132,148 +135,59 @@ class RequestView:
         }
 
 
-class StoreReader(Protocol):
-    """Read-only access to the stores a view is made of."""
-
-    def webhook_records(self, limit: int | None) -> list[RequestRecord]: ...
-    def webhook_record(self, request_id: str) -> RequestRecord | None: ...
-    def documents(self) -> Iterator[tuple[str, dict[str, Any], datetime | None]]:
-        """(request_id, document, saved at) of every stored document."""
-        ...
-    def document(self, request_id: str) -> dict[str, Any] | None: ...
-    def request_of_ticket(self, ticket_id: str) -> str | None: ...
-    def answers(self) -> dict[str, list[ClientAnswer]]:
-        """Every journal entry, by request id, oldest first."""
-        ...
-    def close(self) -> None: ...
+ALL = 1_000_000_000  # "no limit" for the request store's `recent`
 
 
-class SqliteReader:
-    """The embedded stores of the data dir, opened read-only; a file not there is empty."""
+class StoreReader:
+    """The stores a view is made of, only read: the request store (the webhook's records),
+    the documents and the poll's journal, each None when an embedded installation never
+    wrote it."""
 
-    def __init__(self, data_dir: Path) -> None:
-        from handler_cli.storage import DataDir
+    def __init__(self, settings: Settings) -> None:
+        from handler_cli.storage import DataDir, open_storage
 
-        self.paths = DataDir(data_dir)
-        self._store: Any = None
+        self.storage = open_storage(settings)
+        files = DataDir(settings.data_dir)
 
-    def _requests(self) -> Any:
-        """The request store, when the webhook ever wrote one."""
-        if self._store is None and self.paths.requests.exists():
-            from handler_cli.storage.sqlite import SqliteRequestStore
+        def written(path: Path) -> bool:  # a shared database has every table already
+            return self.storage.shared or path.exists()
 
-            self._store = SqliteRequestStore(self.paths.requests)
-        return self._store
+        self.requests: RequestStore | None = (
+            self.storage.requests if written(files.requests) else None)
+        self.documents: DocumentStore | None = (
+            self.storage.documents if written(files.documents) else None)
+        self.journal: PollJournal | None = (
+            self.storage.journal if written(files.poll_journal) else None)
 
-    def webhook_records(self, limit: int | None) -> list[RequestRecord]:
-        store = self._requests()
-        return [] if store is None else list(store.recent(None, limit or ALL))
+    def webhook_records(self) -> list[RequestRecord]:
+        return [] if self.requests is None else self.requests.recent(None, ALL)
 
     def webhook_record(self, request_id: str) -> RequestRecord | None:
-        store = self._requests()
-        return None if store is None else store.get(request_id)
+        return None if self.requests is None else self.requests.get(request_id)
 
-    def documents(self) -> Iterator[tuple[str, dict[str, Any], datetime | None]]:
-        with _read_only(self.paths.documents) as db:
-            if db is None:
-                return
-            for request_id, body, updated_at in db.execute(
-                    "SELECT request_id, body, updated_at FROM documents"):
-                yield request_id, json.loads(body), _time(updated_at)
+    def saved(self, *, request_id: str | None = None, ticket_id: str | None = None
+              ) -> list[SavedDocument]:
+        """Every stored document, or this request's, or this ticket's."""
+        if self.documents is None:
+            return []
+        return self.documents.listing(request_id=request_id, ticket_id=ticket_id)
 
-    def document(self, request_id: str) -> dict[str, Any] | None:
-        with _read_only(self.paths.documents) as db:
-            row = db.execute("SELECT body FROM documents WHERE request_id = ?",
-                             (request_id,)).fetchone() if db is not None else None
-        return json.loads(row[0]) if row else None
-
-    def request_of_ticket(self, ticket_id: str) -> str | None:
-        with _read_only(self.paths.documents) as db:
-            row = db.execute("SELECT request_id FROM documents WHERE ticket_id = ?",
-                             (ticket_id,)).fetchone() if db is not None else None
-        return str(row[0]) if row else None
-
-    def answers(self) -> dict[str, list[ClientAnswer]]:
-        with _read_only(self.paths.poll_journal) as db:
-            if db is None:
-                return {}
-            columns = {row[1] for row in db.execute("PRAGMA table_info(replies)")}
-            error = "error" if "error" in columns else "NULL"
-            return _answers(db.execute(f"SELECT {JOURNAL_COLUMNS.replace('error', error)}"
-                                       " FROM replies ORDER BY started_at").fetchall())
+    def answers(self, request_id: str | None = None) -> dict[str, list[ClientAnswer]]:
+        """The journal's entries (every one, or this request's), by request id, oldest first."""
+        found: dict[str, list[ClientAnswer]] = {}
+        for entry in self.journal.entries(request_id) if self.journal is not None else []:
+            found.setdefault(entry.request_id, []).append(ClientAnswer.of(entry))
+        return found
 
     def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
-
-
-class PostgresReader:
-    """The shared PostgreSQL of a scaled-out installation (`HANDLER_DATABASE_URL`): the same
-    tables the storage layer writes (`handler_cli.storage.postgres`), only read."""
-
-    def __init__(self, url: str) -> None:
-        from handler_cli.storage.postgres import PostgresRequestStore, connect_pool
-
-        self.db = connect_pool(url)
-        self.store = PostgresRequestStore(self.db)
-
-    def webhook_records(self, limit: int | None) -> list[RequestRecord]:
-        return list(self.store.recent(None, limit or ALL))
-
-    def webhook_record(self, request_id: str) -> RequestRecord | None:
-        return self.store.get(request_id)
-
-    def documents(self) -> Iterator[tuple[str, dict[str, Any], datetime | None]]:
-        rows = self.db.conn().execute(
-            "SELECT request_id, body, updated_at FROM handler_documents").fetchall()
-        for request_id, body, updated_at in rows:
-            yield request_id, json.loads(body), _time(updated_at)
-
-    def document(self, request_id: str) -> dict[str, Any] | None:
-        row = self.db.conn().execute("SELECT body FROM handler_documents WHERE request_id = %s",
-                                     (request_id,)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def request_of_ticket(self, ticket_id: str) -> str | None:
-        row = self.db.conn().execute("SELECT request_id FROM handler_documents"
-                                     " WHERE ticket_id = %s LIMIT 1", (ticket_id,)).fetchone()
-        return str(row[0]) if row else None
-
-    def answers(self) -> dict[str, list[ClientAnswer]]:
-        return _answers(self.db.conn().execute(
-            f"SELECT {JOURNAL_COLUMNS} FROM handler_replies ORDER BY started_at").fetchall())
-
-    def close(self) -> None:
-        self.db.close()
-
-
-def open_reader(settings: Settings) -> StoreReader:
-    """The stores of this installation, on the backend the storage layer chose."""
-    from handler_cli.storage import check_urls
-
-    url = check_urls(settings)
-    return PostgresReader(url) if url else SqliteReader(settings.data_dir)
-
-
-ALL = 1_000_000_000
-JOURNAL_COLUMNS = ("request_id, reply, intent, action, state, text, handled_at, error,"
-                   " started_at")
-
-
-def _answers(rows: list[Any]) -> dict[str, list[ClientAnswer]]:
-    found: dict[str, list[ClientAnswer]] = {}
-    for request_id, reply, intent, action, state, text, handled_at, err, started in rows:
-        at = json.loads(reply).get("at") if reply else None
-        found.setdefault(request_id, []).append(ClientAnswer(
-            at or started, handled_at, intent, action, state, text, err))
-    return found
+        self.storage.close()
 
 
 class Overview:
     """Every request the installation knows, joined from its stores."""
 
-    def __init__(self, settings: Settings, reader: StoreReader | None = None) -> None:
-        self.reader = reader if reader is not None else open_reader(settings)
+    def __init__(self, settings: Settings) -> None:
+        self.reader = StoreReader(settings)
 
     def __enter__(self) -> Overview:
         return self
@@ -284,8 +198,8 @@ class Overview:
     def requests(self, *, status: str | None = None, since: datetime | None = None,
                  limit: int | None = None) -> list[RequestView]:
         """Newest first (by when they were received)."""
-        records = {r.request_id: r for r in self.reader.webhook_records(None)}
-        stored = {rid: (doc, at) for rid, doc, at in self.reader.documents()}
+        records = {r.request_id: r for r in self.reader.webhook_records()}
+        stored = {d.request_id: (d.body, d.saved_at) for d in self.reader.saved()}
         answers = self.reader.answers()
         views = [self._view(rid, records.get(rid), stored.get(rid), answers.get(rid, []))
                  for rid in records.keys() | stored.keys()]
@@ -298,15 +212,16 @@ class Overview:
     def get(self, request_id: str) -> RequestView | None:
         """One request by its id, or by its ticket's number."""
         record = self.reader.webhook_record(request_id)
-        document = self.reader.document(request_id)
-        if record is None and document is None:
-            by_ticket = self.reader.request_of_ticket(request_id)
-            if by_ticket is None:
+        saved = self.reader.saved(request_id=request_id)
+        if record is None and not saved:
+            saved = self.reader.saved(ticket_id=request_id)[:1]
+            if not saved:
                 return None
-            request_id, document = by_ticket, self.reader.document(by_ticket)
+            request_id = saved[0].request_id
             record = self.reader.webhook_record(request_id)
-        answers = self.reader.answers().get(request_id, [])
-        return self._view(request_id, record, (document, None) if document else None, answers)
+        answers = self.reader.answers(request_id).get(request_id, [])
+        stored = (saved[0].body, None) if saved and saved[0].body else None
+        return self._view(request_id, record, stored, answers)
 
     @staticmethod
     def _view(request_id: str, record: RequestRecord | None,
@@ -350,28 +265,6 @@ def parse_since(text: str, now: datetime) -> datetime:
         raise ValueError(f"expected a period (30d, 12h, 2w, 90m) or a date (2026-11-01), "
                          f"not {text!r}") from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
-
-
-class _ReadOnly:
-    """`with _read_only(path) as db`: the SQLite file read-only, or None when it is absent."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.db: sqlite3.Connection | None = None
-
-    def __enter__(self) -> sqlite3.Connection | None:
-        if not self.path.exists():
-            return None
-        self.db = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=30)
-        return self.db
-
-    def __exit__(self, *exc: object) -> None:
-        if self.db is not None:
-            with closing(self.db):
-                pass
-
-
-_read_only = _ReadOnly
 
 
 def _time(value: Any) -> datetime | None:

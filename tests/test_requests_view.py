@@ -235,6 +235,25 @@ def test_what_a_client_wrote_is_shown_never_interpreted(tmp_path: Path) -> None:
     assert "[bold red]urgent[/] [link=http://x]clic[/link]" in text
 
 
+def test_the_view_creates_no_store_of_an_embedded_installation(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = clean_environ(data)
+    assert cli(env, "requests", "list").returncode == 0
+    assert not data.exists()  # a data dir never used stays unmade
+    assert cli(env, "run", input=json.dumps(sample("support"))).returncode == 0
+    stores = sorted(p.name for p in data.glob("*.sqlite3"))
+    assert "requests.sqlite3" not in stores and "poll.sqlite3" not in stores  # no webhook, no poll
+
+    (row,) = [json.loads(line) for line in cli(env, "requests", "list").stdout.splitlines()]
+    shown = cli(env, "requests", "show", row["ticket_id"])
+    figures = json.loads(cli(env, "stats").stdout)
+
+    assert row["door"] == "cli" and row["status"] == "open"
+    assert json.loads(shown.stdout)["request_id"] == row["request_id"]
+    assert figures["requests"] == 1
+    assert sorted(p.name for p in data.glob("*.sqlite3")) == stores
+
+
 def test_stats_counts_the_desk(desk: Desk) -> None:
     result = cli(desk.env, "stats")
     assert result.returncode == 0, result.stderr

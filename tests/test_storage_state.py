@@ -1,5 +1,6 @@
 """The documents and the ledger's effects, on every backend: what 'never back in time' and
-'claimed before done' mean, store by store.
+'claimed before done' mean, store by store; and the read-only listings of the documents and
+the poll's journal that `requests list/show` and `stats` show.
 
 SQLite in a data dir, and PostgreSQL through a real server the tests start
 (tests/postgres.py). The processes that share them for real are in test_parallel_runs.py
@@ -12,12 +13,15 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from handler_cli.document import Document
 from handler_cli.ledger import Ledger
+from handler_cli.poll import Begun, Reading
+from handler_cli.replies import Reply
 from handler_cli.services import ServiceError
 from handler_cli.storage import DataDir, StaleDocument, Storage
 from handler_cli.storage.postgres import PostgresStorage
@@ -87,6 +91,73 @@ def test_validated_requests_without_their_subtask_are_found_again(storage: Stora
     storage.documents.save(document("req_c", ticket_id="1003",
                                     validation_status="pending_credits"))
     assert [d.request_id for d in storage.documents.validated_without_subtask()] == ["req_a"]
+
+
+# -- read-only listings: what `requests list/show` and `stats` read ---------------------------
+
+
+def test_documents_are_listed_as_saved_and_listing_them_changes_nothing(
+        storage: Storage) -> None:
+    start = datetime.now(UTC).replace(microsecond=0)  # SQLite keeps whole seconds
+    storage.documents.save(document("req_b", ticket_id="1002", validation_status="pending_info",
+                                    written_by_a_later_version="kept"))
+    storage.documents.save(document("req_a"))
+    read_before = storage.documents.get("req_b")
+
+    listed = storage.documents.listing()
+
+    assert [(d.request_id, d.ticket_id) for d in listed] == [("req_a", "1001"),
+                                                               ("req_b", "1002")]
+    saved = listed[1]
+    assert saved.body["validation_status"] == "pending_info"
+    assert saved.body["written_by_a_later_version"] == "kept"  # the JSON as it is stored
+    assert saved.body["user_email"] == "claire@example.fr"
+    assert saved.saved_at is not None and saved.saved_at.tzinfo is not None
+    assert start <= saved.saved_at <= datetime.now(UTC)
+    assert storage.documents.listing(request_id="req_b") == [saved]
+    assert storage.documents.listing(ticket_id="1002") == [saved]
+    assert storage.documents.listing(request_id="req_a", ticket_id="1002") == []
+    assert storage.documents.listing(request_id="req_nope") == []
+    assert storage.documents.listing(ticket_id="9999") == []
+    # Read, not saved: the copy read before the listing is still the newest one.
+    assert read_before is not None
+    read_before.add_note("saved after the listing")
+    storage.documents.save(read_before)
+
+
+def test_the_journal_lists_its_entries_oldest_first_with_what_each_became(
+        storage: Storage) -> None:
+    t0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+
+    def entry(n: int, request_id: str, text: str, intent: str, action: str) -> Begun:
+        reply = Reply(ticket_id=f"10{n}", key=f"m{n}", source="local",
+                      sender="claire@example.fr", subject="Re: votre devis", text=text,
+                      at=t0 + timedelta(minutes=n))
+        return Begun(reply, request_id, action, Reading(intent, 0.9, "keywords"), text, False)
+
+    validated = entry(1, "req_a", "Je valide", "validation", "validated")
+    question = entry(2, "req_a", "Et la couleur ?", "question", "forwarded")
+    acting = entry(3, "req_b", "Non merci", "refus", "rejected")
+    storage.journal.begin(validated, t0 + timedelta(hours=1))
+    storage.journal.finish(validated.reply, t0 + timedelta(hours=1, minutes=1))
+    storage.journal.park(question, "the template broke", t0 + timedelta(hours=3))
+    storage.journal.begin(acting, t0 + timedelta(hours=2))
+
+    entries = storage.journal.entries()
+
+    assert [(e.request_id, e.ticket_id, e.action, e.state) for e in entries] == [
+        ("req_a", "101", "validated", "done"), ("req_b", "103", "rejected", "acting"),
+        ("req_a", "102", "forwarded", "failed")]
+    done, acting_now, parked = entries
+    assert datetime.fromisoformat(done.written_at or "") == t0 + timedelta(minutes=1)
+    assert done.started_at == (t0 + timedelta(hours=1)).isoformat()
+    assert done.handled_at == (t0 + timedelta(hours=1, minutes=1)).isoformat()
+    assert (done.intent, done.text, done.error) == ("validation", "Je valide", None)
+    assert acting_now.handled_at is None and acting_now.error is None
+    assert (parked.intent, parked.error) == ("question", "the template broke")
+    assert storage.journal.entries("req_a") == [done, parked]
+    assert storage.journal.entries("req_nope") == []
+    assert [b.reply.key for b in storage.journal.unfinished()] == ["m3"]  # nothing moved
 
 
 # -- effects: claimed before they are done ----------------------------------------------------

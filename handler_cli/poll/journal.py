@@ -13,6 +13,7 @@ SQLite file, `poll.sqlite3` in the data dir) without touching the pass.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from handler_cli.poll.decide import Reading
 from handler_cli.sqlite import add_columns, chunks, connect, delete_in, marks
+from handler_cli.storage.rows import where_equal
 
 if TYPE_CHECKING:
     from handler_cli.replies import Reply
@@ -63,6 +65,30 @@ class Begun:
                    text, bool(forward))
 
 
+@dataclass(frozen=True)
+class JournalEntry:
+    """An entry as the journal has it, for reading only (`requests list/show`, `stats`)."""
+
+    request_id: str
+    ticket_id: str
+    written_at: str | None  # when the client wrote the reply, as the reply says (ISO)
+    started_at: str  # when the poll began acting on it (ISO)
+    handled_at: str | None  # when it finished (ISO), None while acting or parked
+    intent: str
+    action: str
+    state: str  # acting, done, or failed (parked until `poll --retry-failed`)
+    text: str
+    error: str | None
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> JournalEntry:
+        """An entry from its (request_id, ticket_id, reply, started_at, handled_at, intent,
+        action, state, text, error)."""
+        request_id, ticket_id, reply, started_at, handled_at, *rest = row
+        written_at = json.loads(reply).get("at") if reply else None
+        return cls(request_id, ticket_id, written_at, started_at, handled_at, *rest)
+
+
 class PollJournal(Protocol):
     """What the poll needs from its journal, whatever stores it."""
 
@@ -98,6 +124,11 @@ class PollJournal(Protocol):
 
     def actions(self, ticket_id: str) -> list[tuple[str, str, str, str]]:
         """(reply_key, intent, action, state) of a ticket, oldest first."""
+        ...
+
+    def entries(self, request_id: str | None = None) -> list[JournalEntry]:
+        """Every entry (or this request's), oldest first: what a read-only view shows of the
+        client's answers."""
         ...
 
     def remove(self, request_ids: Sequence[str]) -> int:
@@ -195,6 +226,14 @@ class Journal:
                 "SELECT reply_key, intent, action, state FROM replies WHERE ticket_id = ?"
                 " ORDER BY started_at", (ticket_id,),
             ).fetchall()
+
+    def entries(self, request_id: str | None = None) -> list[JournalEntry]:
+        where, args = where_equal("?", request_id=request_id)
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT request_id, ticket_id, reply, started_at, handled_at, intent, action,"
+                f" state, text, error FROM replies{where} ORDER BY started_at", args).fetchall()
+        return [JournalEntry.from_row(r) for r in rows]
 
     def remove(self, request_ids: Sequence[str]) -> int:
         """Forget these requests' entries (retention, `forget`: handler_cli.retention)."""

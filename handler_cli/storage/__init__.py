@@ -7,7 +7,10 @@ of the ledger (claimed before they are done, `handler_cli.ledger`), the poll's *
 and the **forgotten** addresses (keyed hashes, `handler-cli forget`). A backend provides
 all five, one module per store: `sqlite/`, the embedded default (files in the data dir), or
 `postgres/`, one PostgreSQL shared by every machine of a scaled-out installation
-(`HANDLER_DATABASE_URL`), which also carries huey's queue. `open_storage` is the one place
+(`HANDLER_DATABASE_URL`), which also carries huey's queue; what both do alike above their
+SQL (rows into records, a document's compare-and-set) is `rows`. Read-only views
+(`handler_cli.overview`) list the documents and the journal through the same stores
+(`DocumentStore.listing`, `PollJournal.entries`). `open_storage` is the one place
 that picks one, importing the backend inside its branch so psycopg is loaded only where
 used. Retention and forgetting across these stores and the local files:
 `handler_cli.retention`. Operators: docs/production.md, "Durability", "Scaled-out mode" and
@@ -18,11 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import secrets
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -69,6 +74,23 @@ def adopt(doc: Document, stored: Document) -> None:
         doc.model_extra.clear()
         doc.model_extra.update(stored.model_extra)
     doc._revision = stored._revision
+
+
+@dataclass(frozen=True)
+class SavedDocument:
+    """A document as the store has it, for reading only (`requests list/show`, `stats`): its
+    JSON as saved, never validated into a `Document` nor saved back, so a view shows what is
+    stored, whatever version wrote it."""
+
+    request_id: str
+    ticket_id: str | None
+    body: dict[str, Any]
+    saved_at: datetime | None  # its last save (UTC)
+
+    @classmethod
+    def from_row(cls, request_id: str, ticket_id: str | None, body: str,
+                 saved_at: datetime | None) -> SavedDocument:
+        return cls(request_id, ticket_id, json.loads(body), saved_at)
 
 
 @dataclass
@@ -248,6 +270,11 @@ class DocumentStore(Protocol):
         """Make `doc` (in place) the stored copy, when there is one; True if there was."""
         ...
     def validated_without_subtask(self) -> list[Document]: ...
+    def listing(self, *, request_id: str | None = None, ticket_id: str | None = None
+                ) -> list[SavedDocument]:
+        """Every stored document as saved (or only this request's, or this ticket's), by
+        request id: what a read-only view shows."""
+        ...
     def close(self) -> None: ...
 
 

@@ -53,6 +53,16 @@ def replayed_history(row: Sequence[Any], now: float) -> str:
     return json.dumps(earlier, ensure_ascii=False)
 
 
+def where_equal(placeholder: str, **columns: str | None) -> tuple[str, tuple[str, ...]]:
+    """A listing's filter: " WHERE a = ? AND b = ?" on the columns given a value (the
+    engine's `placeholder`, ? or %s), and those values; nothing when none is given."""
+    given = {name: value for name, value in columns.items() if value is not None}
+    if not given:
+        return "", ()
+    return (" WHERE " + " AND ".join(f"{name} = {placeholder}" for name in given),
+            tuple(given.values()))
+
+
 class RevisedDocuments:
     """What both document stores share: a document read with its revision, saved by
     compare-and-set on it, refreshed in place. A backend writes the SQL: `get`, `_insert`

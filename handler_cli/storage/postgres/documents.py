@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from handler_cli.storage import WAITING_STATUSES
+from handler_cli.storage import WAITING_STATUSES, SavedDocument
 from handler_cli.storage.postgres.connections import Connections
-from handler_cli.storage.rows import RevisedDocuments
+from handler_cli.storage.rows import RevisedDocuments, where_equal
 
 if TYPE_CHECKING:
     from handler_cli.document import Document
@@ -49,6 +49,15 @@ class PostgresDocuments(RevisedDocuments):
             " WHERE body::jsonb ->> 'validation_status' = 'validated'"
             " AND coalesce(body::jsonb ->> 'clickup_subtask_id', '') = ''").fetchall()
         return [self._loaded(*r) for r in rows]
+
+    def listing(self, *, request_id: str | None = None, ticket_id: str | None = None
+                ) -> list[SavedDocument]:
+        where, args = where_equal("%s", request_id=request_id, ticket_id=ticket_id)
+        rows = self.db.conn().execute(
+            f"SELECT request_id, ticket_id, body, updated_at FROM handler_documents{where}"
+            " ORDER BY request_id", args).fetchall()
+        return [SavedDocument.from_row(rid, ticket, body, datetime.fromtimestamp(at, UTC))
+                for rid, ticket, body, at in rows]
 
     # retention and forgetting (handler_cli.retention)
 

@@ -7,9 +7,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from handler_cli.storage.postgres.connections import Connections
+from handler_cli.storage.rows import where_equal
 
 if TYPE_CHECKING:
-    from handler_cli.poll.journal import Begun
+    from handler_cli.poll.journal import Begun, JournalEntry
     from handler_cli.replies import Reply
 
 
@@ -82,6 +83,15 @@ class PostgresJournal:
             "SELECT reply_key, intent, action, state FROM handler_replies WHERE ticket_id = %s"
             " ORDER BY started_at", (ticket_id,)).fetchall()
         return [(r[0], r[1], r[2], r[3]) for r in found]
+
+    def entries(self, request_id: str | None = None) -> list[JournalEntry]:
+        from handler_cli.poll.journal import JournalEntry
+
+        where, args = where_equal("%s", request_id=request_id)
+        rows = self.db.conn().execute(
+            "SELECT request_id, ticket_id, reply, started_at, handled_at, intent, action, state,"
+            f" text, error FROM handler_replies{where} ORDER BY started_at", args).fetchall()
+        return [JournalEntry.from_row(r) for r in rows]
 
     def remove(self, request_ids: Sequence[str]) -> int:
         return self.db.conn().execute("DELETE FROM handler_replies WHERE request_id = ANY(%s)",

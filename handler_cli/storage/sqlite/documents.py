@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from handler_cli.sqlite import add_columns, connect, delete_in
-from handler_cli.storage import WAITING_STATUSES
-from handler_cli.storage.rows import RevisedDocuments
+from handler_cli.storage import WAITING_STATUSES, SavedDocument
+from handler_cli.storage.rows import RevisedDocuments, where_equal
 
 if TYPE_CHECKING:
     from handler_cli.document import Document
@@ -66,6 +67,16 @@ class SqliteDocuments(RevisedDocuments):
             ).fetchall()
         return [self._loaded(*row) for row in rows]
 
+    def listing(self, *, request_id: str | None = None, ticket_id: str | None = None
+                ) -> list[SavedDocument]:
+        where, args = where_equal("?", request_id=request_id, ticket_id=ticket_id)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT request_id, ticket_id, body, updated_at FROM documents{where}"
+                " ORDER BY request_id", args).fetchall()
+        return [SavedDocument.from_row(rid, ticket, body, _saved_at(at))
+                for rid, ticket, body, at in rows]
+
     # retention and forgetting (handler_cli.retention)
 
     def finished_before(self, cutoff: float) -> tuple[set[str], set[str]]:
@@ -96,3 +107,7 @@ class SqliteDocuments(RevisedDocuments):
         with self._lock:
             self._db.close()
 
+
+def _saved_at(value: str | None) -> datetime | None:
+    """`updated_at`: SQLite's CURRENT_TIMESTAMP, UTC without a zone."""
+    return datetime.fromisoformat(value).replace(tzinfo=UTC) if value else None
