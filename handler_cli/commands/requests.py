@@ -20,6 +20,8 @@ from handler_cli.commands import retention
 from handler_cli.commands._common import ExitCode, PrettyOpt, fail, settings_or_exit
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from handler_cli.overview import RequestView
 
 log = logging.getLogger("handler_cli")
@@ -210,27 +212,21 @@ def _page(view: RequestView) -> None:
                                  if name == "status" else ""))
     console.print(facts)
     if view.answers:
-        answers = Table(title="the client's answers", title_justify="left", show_edge=False)
-        for name in ("written", "intent", "done", "state", "text"):
-            answers.add_column(name, overflow="fold")
+        answers = _section("the client's answers", "written", "intent", "done", "state", "text")
         for a in view.answers:
             answers.add_row(*map(Text, (_when(_parse(a.at), now, exact=True), a.intent, a.action,
                                         a.state + (f": {a.error}" if a.error else ""),
                                         _excerpt(a.text))))
         console.print(answers)
     if view.errors:
-        errors = Table(title="errors", title_justify="left", show_edge=False)
-        for name in ("step", "when", "error"):
-            errors.add_column(name, overflow="fold")
+        errors = _section("errors", "step", "when", "error")
         for e in view.errors:
             errors.add_row(*map(Text, (str(e.get("step")),
                                        _when(_parse(e.get("at")), now, exact=True),
                                        str(e.get("error")))))
         console.print(errors)
     if view.history:
-        history = Table(title="earlier attempts", title_justify="left", show_edge=False)
-        for name in ("ended", "as", "attempts", "error", "retried"):
-            history.add_column(name, overflow="fold")
+        history = _section("earlier attempts", "ended", "as", "attempts", "error", "retried")
         for h in view.history:
             history.add_row(*map(Text, (_when(_parse(h.get("ended_at")), now, exact=True),
                                         str(h.get("status")), str(h.get("attempts")),
@@ -238,6 +234,16 @@ def _page(view: RequestView) -> None:
                                         _when(_parse(h.get("retried_at")), now, exact=True))))
         console.print(history)
     console.print(JSON.from_data(doc, ensure_ascii=False))
+
+
+def _section(title: str, *columns: str) -> Table:
+    """A titled table of the page, its columns folded rather than cut."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_edge=False)
+    for name in columns:
+        table.add_column(name, overflow="fold")
+    return table
 
 
 def _parse(value: Any) -> datetime | None:
