@@ -12,7 +12,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from handler_cli import __version__
 from handler_cli.cli import COMMANDS, app
 from tests.conftest import ROOT, SAMPLES, RunCli, sample
 from tests.peers import free_port
+from tests.processes import wait_healthy
 from tests.terminal import run_on_terminal
 
 runner = CliRunner()
@@ -208,15 +208,7 @@ def test_serve_logs_every_refused_post_and_the_access_log_on_stderr(environ: dic
                             env=environ, stdout=out, stderr=err, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_healthy(proc, url)
         bad = {**sample("support"), "user_email": "nope"}
         assert httpx.post(f"{url}/webhook/request", json=bad).status_code == 422
         assert httpx.post(f"{url}/webhook/request", content=b"{}",

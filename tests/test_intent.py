@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from handler_cli.config import load_settings
 from handler_cli.intent import ReplyLexicon, load_reply_lexicon, read_intent, strip_quoted
 from handler_cli.services.llm.claude import ClaudeLLM
-from tests.conftest import ROOT, clean_environ
+from tests.conftest import clean_environ
 from tests.fakes.messages_api import FakeMessagesAPI, messages_api
+from tests.test_classify import load_bench
 
 QUOTE_FR = (
     "Le mar. 4 mars 2025 à 14:32, Valione Services <no-reply@valione-services.com> a écrit :\n"
@@ -243,18 +241,8 @@ def test_a_reply_term_listed_twice_is_refused() -> None:
         ReplyLexicon(data)
 
 
-def load_eval() -> Any:
-    spec = importlib.util.spec_from_file_location("eval_replies",
-                                                  ROOT / "bench" / "eval_replies.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["eval_replies"] = bench
-    spec.loader.exec_module(bench)
-    return bench
-
-
 def test_labelled_replies_make_no_confident_mistake_on_either_split() -> None:
-    bench = load_eval()
+    bench = load_bench("eval_replies")
 
     reports = bench.evaluate()
 
@@ -266,7 +254,7 @@ def test_labelled_replies_make_no_confident_mistake_on_either_split() -> None:
 
 
 def test_the_reply_confidence_means_what_it_says() -> None:
-    reports = load_eval().evaluate()
+    reports = load_bench("eval_replies").evaluate()
 
     for (low, _), n, right in reports["all"].bands():
         if low >= 0.70 and n >= 10:
@@ -274,7 +262,7 @@ def test_the_reply_confidence_means_what_it_says() -> None:
 
 
 def test_no_accent_changes_a_reading_and_no_single_typo_in_tuning_makes_a_mistake() -> None:
-    bench = load_eval()
+    bench = load_bench("eval_replies")
 
     variants = bench.perturbed()
 

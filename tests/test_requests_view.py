@@ -20,6 +20,7 @@ from handler_cli.intake.records import RequestRecord
 from tests.conftest import ROOT, SAMPLES, clean_environ, sample
 from tests.peers import closed_port, free_port
 from tests.postgres import pg_session, pg_url  # noqa: F401 - fixtures
+from tests.processes import wait_healthy
 from tests.terminal import run_on_terminal
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -42,15 +43,7 @@ class Serve:
             [sys.executable, "-m", "handler_cli", "serve", "--port", str(self.port),
              "--workers", "1", "--worker-mode", "thread"],
             env=env, cwd=ROOT, stdout=self.log, stderr=self.log)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert self.proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+        wait_healthy(self.proc, self.url, log.read_text)
 
     def post(self, payload: dict) -> str:
         answer = httpx.post(f"{self.url}/webhook/request", json=payload, timeout=10)

@@ -22,9 +22,7 @@ the others would need.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import signal
 import subprocess
 import sys
 import threading
@@ -45,7 +43,8 @@ from tests.fakes.clickup import DEFAULT_PARENT_ID, FakeClickUp, clickup_server
 from tests.fakes.hubspot import FakeHubSpot, hubspot_server
 from tests.peers import LOOPBACK, S3Peer, free_port, s3_peer, s3_server_session  # noqa: F401
 from tests.postgres import pg_session, pg_url  # noqa: F401 - fixtures
-from tests.test_server import AUTH, TOKEN
+from tests.processes import stop_processes, wait_healthy
+from tests.test_server import AUTH, TOKEN, modelling
 
 REQUESTS = 8
 DONE_BY_B = 3  # B completes this many, then is killed sending the next one's quote
@@ -116,15 +115,8 @@ class Machine:
         port = free_port()
         proc = self.start("handler_cli", "serve", "--port", str(port), "--workers", "0")
         url = f"http://{LOOPBACK}:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    return url
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, self.log()
-            time.sleep(0.05)
+        wait_healthy(proc, url, self.log)
+        return url
 
     def worker(self, threads: int) -> subprocess.Popen[bytes]:
         return self.start("handler_cli.queue", "--workers", str(threads), "--nice", "0")
@@ -138,23 +130,7 @@ class Machine:
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-
-def modelling(i: int) -> dict[str, Any]:
-    glb = base64.b64encode(b"glTF\x02\x00\x00\x00" + bytes(256)).decode()
-    return {"source": "modelisation", "objet": f"Modélisation d'une lampe n°{i}",
-            "description": f"Créer le modèle 3D d'une lampe en laiton, hauteur 40 cm ({i}).",
-            "user_email": f"client{i}@example.fr", "user_name": f"Client {i}",
-            "fichiers": [{"name": f"lampe{i}.glb", "content_base64": glb}]}
+        stop_processes(self.procs)
 
 
 def statuses(storage: PostgresStorage, ids: list[str]) -> dict[str, str]:

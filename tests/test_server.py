@@ -94,6 +94,15 @@ def payload(**fields: Any) -> dict[str, Any]:
     return data
 
 
+def modelling(i: int) -> dict[str, Any]:
+    """A modelling request with its 3D file (a GLB), from client `i`: the whole chain runs."""
+    glb = base64.b64encode(b"glTF\x02\x00\x00\x00" + bytes(512)).decode()
+    return payload(source="modelisation", objet=f"Modélisation 3D d'une lampe n°{i}",
+                   description=f"Créer le modèle 3D d'une lampe en laiton, hauteur 40 cm ({i}).",
+                   user_email=f"client{i}@example.fr", user_name=f"Client {i}",
+                   fichiers=[{"name": f"lampe{i}.glb", "content_base64": glb}])
+
+
 def wait_for(client: httpx.Client, url: str, statuses: Sequence[str] = FINAL,
              timeout: float = 30.0) -> dict[str, Any]:
     """Poll a status URL until the request reaches one of `statuses`."""

@@ -26,6 +26,7 @@ import pytest
 
 from tests.conftest import clean_environ
 from tests.peers import free_port
+from tests.processes import wait_healthy
 from tests.test_server import AUTH, TOKEN, payload, stored_rows, ticket_count
 
 N = 40
@@ -44,16 +45,7 @@ def serve_process(data_dir: Path, log: Path, **env: str) -> Iterator[tuple[subpr
             env=environ, stdout=sink, stderr=sink,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"serve did not start:\n{log.read_text()}")
-        time.sleep(0.05)
+    wait_healthy(proc, url, lambda: f"serve did not start:\n{log.read_text()}")
     try:
         yield proc, url
     finally:

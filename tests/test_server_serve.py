@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from handler_cli.commands.serve import is_loopback
+from tests import processes
 from tests.conftest import clean_environ
 from tests.peers import free_port
 from tests.test_server import AUTH, TOKEN, payload
@@ -22,16 +23,7 @@ def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
 
 
 def wait_healthy(proc: subprocess.Popen[str], url: str) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None, proc.communicate()[1]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    processes.wait_healthy(proc, url, lambda: "" if proc.poll() is None else proc.communicate()[1])
 
 
 def stop(proc: subprocess.Popen[str]) -> str:

@@ -7,7 +7,6 @@ as the production guide describes, against a PostgreSQL cluster the tests start
 
 from __future__ import annotations
 
-import base64
 import json
 import signal
 import subprocess
@@ -24,9 +23,11 @@ from handler_cli.commands.requests import app as requests_app
 from handler_cli.storage.postgres import Connections, PostgresRequestStore
 from tests.conftest import clean_environ
 from tests.postgres import pg_session, pg_url  # noqa: F401 - fixtures
+from tests.processes import stop_processes
 from tests.test_server import (
     AUTH,
     TOKEN,
+    modelling,
     outbox,
     payload,
     running,
@@ -50,21 +51,7 @@ def consumer(data_dir: Path, database: str, log: Path) -> Iterator[subprocess.Po
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # huey's graceful signal
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-
-def modelling(i: int) -> dict[str, object]:
-    glb = base64.b64encode(b"glTF\x02\x00\x00\x00" + bytes(512)).decode()
-    return payload(source="modelisation", objet=f"Modélisation 3D d'une lampe n°{i}",
-                   description=f"Créer le modèle 3D d'une lampe en laiton, hauteur 40 cm ({i}).",
-                   user_email=f"client{i}@example.fr",
-                   fichiers=[{"name": f"lampe{i}.glb", "content_base64": glb}])
+        stop_processes([proc], signal.SIGINT, grace=15)  # huey's graceful signal
 
 
 def test_two_nodes_share_the_store_the_queue_and_the_idempotency_keys(
