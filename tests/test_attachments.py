@@ -19,6 +19,7 @@ from handler_cli.document import FileObject
 from handler_cli.netguard import Allowance, NetGuard
 from tests.file_peer import PHOTO, FilePeer, file_peer
 from tests.peers import peer_cert
+from tests.test_netguard import Resolver
 
 
 @pytest.mark.parametrize(
@@ -98,18 +99,6 @@ def peer() -> Iterator[FilePeer]:
 
 def allowing(environ: dict[str, str], **extra: str) -> Settings:
     return load_settings(environ={**environ, **ALLOW_LOOPBACK, **extra})
-
-
-class Resolver:
-    """A resolver stand-in: answers from a table, remembers every question."""
-
-    def __init__(self, table: dict[str, list[str]]) -> None:
-        self.table = table
-        self.asked: list[str] = []
-
-    def __call__(self, host: str, port: int) -> list[str]:
-        self.asked.append(host)
-        return self.table[host]
 
 
 def test_urls_are_downloaded_over_http(environ: dict[str, str], peer: FilePeer) -> None:

@@ -24,6 +24,7 @@ from handler_cli.storage.rows import (
     owned_update,
     replayed_history,
     request_record,
+    where_equal,
 )
 
 _COLUMNS = ", ".join(REQUEST_COLUMNS)
@@ -123,11 +124,9 @@ class PostgresRequestStore:
         return request_record(row) if row else None
 
     def recent(self, status: str | None = None, limit: int = 50) -> list[RequestRecord]:
-        sql = f"SELECT {_COLUMNS} FROM handler_requests"
-        args: tuple[Any, ...] = ()
-        if status:
-            sql, args = sql + " WHERE status = %s", (status,)
-        rows = self.db.conn().execute(sql + " ORDER BY created_at DESC LIMIT %s", (*args, limit))
+        where, args = where_equal("%s", status=status or None)
+        rows = self.db.conn().execute(f"SELECT {_COLUMNS} FROM handler_requests{where}"
+                                      " ORDER BY created_at DESC LIMIT %s", (*args, limit))
         return [request_record(r) for r in rows.fetchall()]
 
     def open_requests(self) -> list[RequestRecord]:

@@ -23,6 +23,7 @@ from handler_cli.storage.rows import (
     owned_update,
     replayed_history,
     request_record,
+    where_equal,
 )
 
 _SQLITE_SCHEMA = """
@@ -162,11 +163,9 @@ class SqliteRequestStore:
         return request_record(row) if row else None
 
     def recent(self, status: str | None = None, limit: int = 50) -> list[RequestRecord]:
-        sql = f"SELECT {_COLUMNS} FROM requests"
-        args: tuple[Any, ...] = ()
-        if status:
-            sql, args = sql + " WHERE status = ?", (status,)
-        rows = self._conn().execute(sql + " ORDER BY created_at DESC LIMIT ?", (*args, limit))
+        where, args = where_equal("?", status=status or None)
+        rows = self._conn().execute(f"SELECT {_COLUMNS} FROM requests{where}"
+                                    " ORDER BY created_at DESC LIMIT ?", (*args, limit))
         return [request_record(r) for r in rows.fetchall()]
 
     def open_requests(self) -> list[RequestRecord]:
