@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+BUSY_SECONDS = 30.0  # how long a connection waits for another's lock
 MAX_BOUND = 500  # values bound in one statement, well under SQLite's limit of variables
 
 
@@ -19,13 +21,34 @@ def connect(path: Path, schema: str = "") -> sqlite3.Connection:
     the file's free pages.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
+    db = sqlite3.connect(path, timeout=BUSY_SECONDS, check_same_thread=False,
+                         isolation_level=None)
+    wal(db)
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA secure_delete=ON")  # an erased client's data is overwritten: scrub()
     if schema:
         db.executescript(schema)
     return db
+
+
+def wal(db: sqlite3.Connection, timeout: float = BUSY_SECONDS) -> None:
+    """Put the file in WAL mode, waiting for another process that is doing the same.
+
+    Two processes opening a fresh data dir together (two `run`s, a worker and a shell) both
+    switch the new file to WAL; the switch takes an exclusive lock, and SQLite answers the
+    second "database is locked" at once, without its busy timeout: try again until
+    `timeout`, as the busy timeout would."""
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
 
 def add_columns(db: sqlite3.Connection, table: str, columns: dict[str, str]) -> set[str]:

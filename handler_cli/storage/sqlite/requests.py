@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from handler_cli.intake.records import KEY_WINDOW, Accepted, NewRequest, RequestRecord
-from handler_cli.sqlite import add_columns, chunks, delete_in, marks
+from handler_cli.sqlite import add_columns, chunks, delete_in, marks, wal
 from handler_cli.storage import BUSY_TIMEOUT_MS, StoreBusy
 from handler_cli.storage.rows import (
     CLOCK_SKEW,
@@ -68,7 +68,7 @@ class SqliteRequestStore:
                 self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                 check_same_thread=False
             )
-            conn.execute("PRAGMA journal_mode=WAL")
+            wal(conn, BUSY_TIMEOUT_MS / 1000)
             conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             # Erasures zero what they delete (handler_cli.sqlite.connect). The durable
             # connection only takes requests in: it deletes nothing but replaced idempotency
