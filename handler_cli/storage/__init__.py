@@ -29,7 +29,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from handler_cli.config import ConfigError
 from handler_cli.services import ServiceError
@@ -74,6 +74,15 @@ def adopt(doc: Document, stored: Document) -> None:
         doc.model_extra.clear()
         doc.model_extra.update(stored.model_extra)
     doc._revision = stored._revision
+
+
+class SavedTicket(NamedTuple):
+    """A request's ticket as this installation last saved it (`tickets_saved_since`)."""
+
+    ticket_id: str
+    request_id: str
+    validation_status: str | None  # as stored: the CRM may have moved the ticket since
+    contact_id: str | None  # the client's contact, as the contact step found it
 
 
 @dataclass(frozen=True)
@@ -270,6 +279,12 @@ class DocumentStore(Protocol):
         """Make `doc` (in place) the stored copy, when there is one; True if there was."""
         ...
     def validated_without_subtask(self) -> list[Document]: ...
+    def tickets_saved_since(self, since: datetime) -> list[SavedTicket]:
+        """The requests with a ticket saved since `since` (the store's clock, the save's),
+        oldest save first: the tickets this installation touched recently, which the poll
+        still reads when the client is not asked about them. An indexed range, not a scan of
+        every document."""
+        ...
     def listing(self, *, request_id: str | None = None, ticket_id: str | None = None
                 ) -> list[SavedDocument]:
         """Every stored document as saved (or only this request's, or this ticket's), by

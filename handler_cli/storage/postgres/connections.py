@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS handler_documents (
   request_id text PRIMARY KEY, ticket_id text, body text NOT NULL,
   revision integer NOT NULL, updated_at double precision NOT NULL);
 CREATE INDEX IF NOT EXISTS handler_documents_ticket ON handler_documents (ticket_id);
+CREATE INDEX IF NOT EXISTS handler_documents_saved ON handler_documents (updated_at);
 CREATE TABLE IF NOT EXISTS handler_effects (
   key text PRIMARY KEY, state text NOT NULL, result text, owner text,
   lease_until double precision, request_id text, updated_at double precision NOT NULL);

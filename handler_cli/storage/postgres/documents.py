@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from handler_cli.storage import WAITING_STATUSES, SavedDocument
+from handler_cli.storage import WAITING_STATUSES, SavedDocument, SavedTicket
 from handler_cli.storage.postgres.connections import Connections
 from handler_cli.storage.rows import RevisedDocuments, where_equal
 
@@ -49,6 +49,14 @@ class PostgresDocuments(RevisedDocuments):
             " WHERE body::jsonb ->> 'validation_status' = 'validated'"
             " AND coalesce(body::jsonb ->> 'clickup_subtask_id', '') = ''").fetchall()
         return [self._loaded(*r) for r in rows]
+
+    def tickets_saved_since(self, since: datetime) -> list[SavedTicket]:
+        rows = self.db.conn().execute(
+            "SELECT ticket_id, request_id, body::jsonb ->> 'validation_status',"
+            " body::jsonb ->> 'contact_id' FROM handler_documents"
+            " WHERE updated_at >= %s AND ticket_id IS NOT NULL ORDER BY updated_at",
+            (since.timestamp(),)).fetchall()
+        return [SavedTicket(*row) for row in rows]
 
     def listing(self, *, request_id: str | None = None, ticket_id: str | None = None
                 ) -> list[SavedDocument]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from handler_cli.sqlite import add_columns, connect, delete_in
-from handler_cli.storage import WAITING_STATUSES, SavedDocument
+from handler_cli.storage import WAITING_STATUSES, SavedDocument, SavedTicket
 from handler_cli.storage.rows import RevisedDocuments, where_equal
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ class SqliteDocuments(RevisedDocuments):
               body TEXT NOT NULL, updated_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
               revision INTEGER NOT NULL DEFAULT 1);
             CREATE INDEX IF NOT EXISTS documents_ticket ON documents (ticket_id);
+            CREATE INDEX IF NOT EXISTS documents_saved ON documents (updated_at);
         """)
         with self._lock:
             add_columns(self._db, "documents", {"revision": "INTEGER NOT NULL DEFAULT 1"})
@@ -66,6 +67,16 @@ class SqliteDocuments(RevisedDocuments):
                 " AND json_extract(body, '$.clickup_subtask_id') IS NULL"
             ).fetchall()
         return [self._loaded(*row) for row in rows]
+
+    def tickets_saved_since(self, since: datetime) -> list[SavedTicket]:
+        # updated_at is CURRENT_TIMESTAMP's text (UTC, to the second): compared as text.
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT ticket_id, request_id, json_extract(body, '$.validation_status'),"
+                " json_extract(body, '$.contact_id') FROM documents"
+                " WHERE updated_at >= ? AND ticket_id IS NOT NULL ORDER BY updated_at",
+                (since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),)).fetchall()
+        return [SavedTicket(*row) for row in rows]
 
     def listing(self, *, request_id: str | None = None, ticket_id: str | None = None
                 ) -> list[SavedDocument]:
