@@ -147,9 +147,11 @@ class Settings(BaseModel):
     mail_oauth2_refresh_token: str | None = None  # unset: client-credentials grant (Microsoft)
     mail_oauth2_scope: str | None = None  # else the provider's for the grant and protocol
 
-    # The client loop (issue 11): how long a decided ticket (validated, rejected) is still
-    # read, so a later message from the client reaches the admin; counted from the last
-    # exchange. Bounded so a quiet poll's CRM calls do not grow with the years.
+    # The client loop (issue 11): how long a ticket the client is not asked about (a support
+    # request, decided by the poll or by hand) is still read, so a later message from the
+    # client reaches the admin; counted from the ticket's last activity here, 0 reads none.
+    # The name, from when only decided tickets were watched, is kept for compatibility.
+    # Bounded so a quiet poll's CRM calls do not grow with the years.
     handler_watch_decided_days: float = Field(default=30.0, ge=0)
 
     # Where each set value came from: "env", ".env (path)" or absent (default). A plain `{}`

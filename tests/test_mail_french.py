@@ -61,6 +61,7 @@ REPLY = Reply(ticket_id="1001", key="m1", source="local", sender="paul@example.f
 EXTRA: dict[str, dict[str, Any]] = {
     "admin_question": {"question": "Et la couleur", "reply": REPLY, "files": [],
                        "ticket_url": "https://crm.example/1001", "intent": "question",
+                       "ticket_status": "pending_info", "support": False,
                        "after_decision": False, "change_of_mind": None},
     "admin_refused": {"reply_text": "Non merci", "reply": REPLY, "files": [],
                       "ticket_url": "https://crm.example/1001"},
@@ -137,6 +138,35 @@ def test_admin_emails_speak_french_words_not_debug(ctx: Context, name: str) -> N
                   "estimé(s)", "UnicodeEncodeError", "unexpected", "HTTP 503",
                   "complex_mechanism", "méthode"):
         assert debug not in whole, (name, debug)
+
+
+@pytest.mark.parametrize(("status", "support", "said"), [
+    (None, True, "au sujet de sa demande de support «\u202fVase en céramique\u202f»"),
+    ("validated", False, "alors que sa demande est au statut «\u202fdevis validé par le client"),
+    (None, False, "n'a plus de statut de validation dans le CRM"),
+])
+def test_a_message_nobody_asked_for_is_forwarded_in_french(
+    ctx: Context, status: str | None, support: bool, said: str
+) -> None:
+    """A support follow-up, a message on a ticket decided (by the poll or by hand), on one
+    whose status was cleared by hand: each says what it is, in French words, spaced."""
+    doc = a_doc(type_final="SUPPORT" if support else "MODELISATION", validation_status=None,
+                credits_estimes=None)
+    extra = {**EXTRA["admin_question"], "ticket_status": status, "support": support,
+             "after_decision": not support, "intent": "none"}
+    from handler_cli.mailing import _rule_label
+
+    subject, text, _ = ctx.renderer.render("admin_question", {
+        "doc": doc, "settings": ctx.settings, "now": AT, "prenom": greeting_name(doc),
+        "rule_label": _rule_label, **extra})
+    assert said in text and "https://crm.example/1001" in text
+    if support:
+        assert subject == "Nouveau message sur une demande de support\u00a0: Vase en céramique"
+        assert "devis" not in subject + text  # a support follow-up, not a quote answer
+    whole = subject + "\n" + text.replace("> Et la couleur", "")
+    assert not BAD_SPACING.search(whole)
+    for debug in ("None", "SUPPORT", "validated", "pending_", "pas encore analysée"):
+        assert debug not in whole, debug
 
 
 def test_the_reclassification_is_explained_in_a_sentence(ctx: Context) -> None:

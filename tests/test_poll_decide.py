@@ -25,7 +25,7 @@ LEFT_IN_CRM = ReplyFile(name="hubspot-fichier-42")  # an attachment HubSpot keep
 
 @dataclass(frozen=True)
 class Case:
-    status: str
+    status: str | None  # None: no status (a support request, one cleared by hand in the CRM)
     intent: str
     text: str
     action: str
@@ -38,6 +38,7 @@ class Case:
 
 QUOTED = "modelisation_simple"
 INCOMPLETE = "incomplete"  # no photo, no size, no look
+SUPPORT = "support"
 
 ROWS: list[tuple[tuple[str, str], list[Case]]] = [
     (("pending_credits", 'validation ("Je valide", "OK", "Parfait, on y va")'), [
@@ -82,14 +83,33 @@ ROWS: list[tuple[tuple[str, str], list[Case]]] = [
         Case("pending_credits", "validation", "Je valide (absent jusqu'au 3)", "ignored",
              automatic=True),
     ]),
-    (("validated, rejected, pending_admin (or decided earlier in the same run)",
-      "anything but an auto-reply or an empty message"), [
+    (("validated, rejected, pending_admin (by the poll or by hand, or decided earlier in the "
+      "same run)", "anything but an auto-reply or an empty message"), [
         Case("validated", "question", "Et pour la couleur ?", "forwarded", forward=True),
         Case("rejected", "validation", "Finalement je valide", "forwarded", forward=True),
         Case("validated", "none", "Merci", "forwarded", forward=True),
         Case("pending_admin", "unclear", "Alors, ça avance ?", "forwarded", forward=True),
         Case("validated", "none", "", "ignored"),
         Case("rejected", "validation", "Je valide", "ignored", automatic=True),
+    ]),
+    (("a support request", "anything but an auto-reply or an empty message"), [
+        Case(None, "unclear", "Voici la capture d'écran, le bug revient", "forwarded",
+             forward=True, sample=SUPPORT, fields=(("type_final", "SUPPORT"),)),
+        Case(None, "refus", "Non, ça ne marche toujours pas", "forwarded", forward=True,
+             sample=SUPPORT, fields=(("type_final", "SUPPORT"),)),
+        Case(None, "validation", "OK merci", "forwarded", forward=True, sample=SUPPORT,
+             fields=(("type_final", "SUPPORT"),)),
+        Case(None, "none", "", "forwarded", forward=True, files=(PHOTO,), sample=SUPPORT,
+             fields=(("type_final", "SUPPORT"),)),
+        Case(None, "none", "", "ignored", sample=SUPPORT, fields=(("type_final", "SUPPORT"),)),
+        Case(None, "question", "Une question ?", "ignored", automatic=True, sample=SUPPORT,
+             fields=(("type_final", "SUPPORT"),)),
+    ]),
+    (("no status, or an unknown one (set by hand in the CRM)",
+      "anything but an auto-reply or an empty message"), [
+        Case(None, "validation", "Je valide", "forwarded", forward=True),
+        Case(None, "refus", "Non merci", "forwarded", forward=True),
+        Case(None, "none", "", "ignored"),
     ]),
 ]
 

@@ -37,6 +37,7 @@ from tests.poll_kit import (
 from tests.postgres import pg_session, pg_url  # noqa: F401 - fixtures
 
 hubspot, relay, environ = poll_kit.hubspot, poll_kit.relay, poll_kit.environ  # the fixtures
+TICKET_TO_CONTACT = 16  # HubSpot's association type id
 
 
 def forwards(relay: SMTPPeer) -> list[str]:
@@ -112,15 +113,22 @@ def test_a_message_on_a_case_the_admin_prices_is_forwarded(
 def test_decided_tickets_are_watched_for_a_bounded_time(
     environ: dict[str, str], relay: SMTPPeer
 ) -> None:
+    # Counted from now, not from T0: the documents store stamps a save with its own clock
+    # (tests/test_poll_watch.py), so a watch counted on T0 would depend on the day of the run.
+    now = datetime.now(UTC)
+
+    def later(n: float) -> datetime:
+        return now + timedelta(days=n)
+
     doc = intake(environ)
-    client_says(environ, doc, "Je valide", when=days(1))
-    poll(at(environ, days(1), HANDLER_WATCH_DECIDED_DAYS="10"))
-    client_says(environ, doc, "Une question sur la livraison ?", when=days(8))
-    poll(at(environ, days(8), HANDLER_WATCH_DECIDED_DAYS="10"))
+    client_says(environ, doc, "Je valide", when=later(1))
+    poll(at(environ, later(1), HANDLER_WATCH_DECIDED_DAYS="10"))
+    client_says(environ, doc, "Une question sur la livraison ?", when=later(8))
+    poll(at(environ, later(8), HANDLER_WATCH_DECIDED_DAYS="10"))
     assert len(forwards(relay)) == 1  # 7 days after the last exchange: read
 
-    client_says(environ, doc, "Et pour la facture ?", when=days(25))
-    report = poll(at(environ, days(25), HANDLER_WATCH_DECIDED_DAYS="10"))
+    client_says(environ, doc, "Et pour la facture ?", when=later(25))
+    report = poll(at(environ, later(25), HANDLER_WATCH_DECIDED_DAYS="10"))
 
     assert report.watched == 0 and report.outcomes == []  # 17 days of quiet: no longer read
     assert len(forwards(relay)) == 1
@@ -197,29 +205,37 @@ def test_the_journal_lists_the_decided_tickets_of_recent_exchanges(
 # -- HubSpot: the calls of a quiet poll ---------------------------------------------------------
 
 
-def test_a_quiet_poll_of_1000_waiting_tickets_and_watched_decided_ones_costs_10_calls(
+def test_a_quiet_poll_of_1000_waiting_tickets_and_watched_ones_costs_10_calls(
     tmp_path: Path, hubspot: FakeHubSpot
 ) -> None:
-    """The issue's budget, counted (not timed): watching decided tickets adds their ids to the
-    association batches, not a search per ticket."""
+    """The issue's budget, counted (not timed): watching decided tickets and support requests
+    adds their ids to the association batches, not a search or a read per ticket; their
+    contacts are known from the store, so the tickets' contacts are read for the 1,000
+    waiting ones only (5 search pages, the tickets' e-mails for 1,200 tickets: 2, their
+    contacts for 1,000: 1, the contacts' e-mails for 1,200 contacts: 2)."""
     ctx = Context(load_settings(environ=clean_environ(tmp_path / "data", **hubspot.environ())))
     sent = datetime.now(UTC) - timedelta(days=2)
-    for n in range(1100):
-        decided = n >= 1000
+    for n in range(1200):
+        decided, support = 1000 <= n < 1100, n >= 1100
         request_id = f"req_budget_{n:05d}"
-        status = "validated" if decided else "pending_credits"
+        status = "validated" if decided else None if support else "pending_credits"
+        contact_id = hubspot.add("contacts", {"email": f"c{n}@example.fr"})
         ticket_id = hubspot.add("tickets", {
             "subject": f"Objet {n}", "content": "-", "hs_pipeline": "0",
-            "hs_pipeline_stage": "1", "validation_status": status,
-            "handler_request_id": request_id})
+            "hs_pipeline_stage": "1", "handler_request_id": request_id,
+            **({"validation_status": status} if status else {})},
+            [("contacts", contact_id, TICKET_TO_CONTACT)])
         ctx.documents.save(Document(
-            source="modelisation", objet=f"Objet {n}", description="Un vase, 30 cm.",
-            user_email=f"c{n}@example.fr", user_name=f"Client {n}", request_id=request_id,
-            type_final="MODELISATION", ticket_id=ticket_id, validation_status=status,
-            credits_estimes=1, clickup_subtask_id=f"task{n}" if decided else None,
+            source="contact" if support else "modelisation", objet=f"Objet {n}",
+            description="Un vase, 30 cm.", user_email=f"c{n}@example.fr",
+            user_name=f"Client {n}", request_id=request_id, contact_id=contact_id,
+            type_final="SUPPORT" if support else "MODELISATION", ticket_id=ticket_id,
+            validation_status=status, credits_estimes=None if support else 1,
+            clickup_subtask_id=f"task{n}" if decided else None,
             emails={"client": SentEmail(
                 message_id=f"<{request_id}.client@valione-services.com>", to="x",
-                subject="devis", template="client_quote_1", sent_at=sent)}))
+                subject="devis", template="client_support_ack" if support
+                else "client_quote_1", sent_at=sent)}))
         if decided:  # validated by an earlier poll, yesterday
             reply = Reply(ticket_id=ticket_id, key=f"m{n}", source="hubspot",
                           sender=f"c{n}@example.fr", subject="Re", text="Je valide",
@@ -233,6 +249,7 @@ def test_a_quiet_poll_of_1000_waiting_tickets_and_watched_decided_ones_costs_10_
     report = poll(ctx)
 
     assert report.ok and report.outcomes == []
-    assert (report.waiting, report.watched) == (1000, 100)
+    assert (report.waiting, report.watched) == (1000, 200)
     calls = [f"{r.method} {r.path}" for r in hubspot.requests]
     assert len(calls) <= 10, calls
+    assert hubspot.count("read ticket") == 0

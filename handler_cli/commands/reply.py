@@ -65,12 +65,13 @@ def reply(
         log.info("reply recorded on ticket %s; the next `handler-cli poll` reads it and acts "
                  "on it", ticket_id)
     elif step == "forward":
-        log.info("reply recorded on ticket %s; the ticket is decided (or the admin's to "
-                 "price): the next `handler-cli poll` forwards it to the admin", ticket_id)
+        log.info("reply recorded on ticket %s; the client is not asked anything there (a "
+                 "support request, a decided ticket, or the admin's to price): the next "
+                 "`handler-cli poll` forwards it to the admin", ticket_id)
     else:
         log.warning("reply recorded on ticket %s, but `handler-cli poll` will not read it: "
-                    "the ticket was decided by hand, or has been quiet for more than "
-                    "HANDLER_WATCH_DECIDED_DAYS; tell the admin yourself", ticket_id)
+                    "the ticket has been quiet for more than HANDLER_WATCH_DECIDED_DAYS, or "
+                    "its request is not in this data dir; tell the admin yourself", ticket_id)
 
 
 def reply_intent(

@@ -3,13 +3,15 @@
 One pass, run by cron (`handler-cli poll`):
 
 1. the waiting tickets (`pending_credits`, `pending_info`, `pending_admin`) from the CRM, the
-   decided ones still watched (from the journal), and the request document behind each;
+   watched ones (tickets the client is not asked about: support requests, decided by the
+   poll or by hand, that this installation touched within `HANDLER_WATCH_DECIDED_DAYS`:
+   from the documents store and the journal), and the request document behind each;
 2. their new replies, from every configured source (HubSpot, IMAP, `.eml` folder, local CRM);
 3. each reply, quoted history stripped, read for its intent and acted on exactly once:
    validation → `validated`, step 6, admin told, client confirmed; refusal → `rejected`, admin
    told; question or unsure reading → forwarded to the admin; missing information brought →
-   analysed again; any message on a decided ticket (validated, rejected, pending_admin) →
-   forwarded to the admin (decided tickets are watched `HANDLER_WATCH_DECIDED_DAYS`);
+   analysed again; any message on a ticket the client is not asked about (pending_admin,
+   validated, rejected, a support request, a status set by hand) → forwarded to the admin;
 4. tickets with no reply: one reminder after `HANDLER_REMIND_DAYS`, the admin told after
    `HANDLER_STALE_DAYS`;
 5. validated requests whose ClickUp subtask failed earlier: step 6 again.
@@ -56,7 +58,7 @@ from handler_cli.poll.journal import (
     parse_tokens,
 )
 from handler_cli.poll.report import PollReport, TicketOutcome
-from handler_cli.poll.runner import Poller, next_step, read_reply
+from handler_cli.poll.runner import Poller, next_step, read_reply, watched_tickets
 
 if TYPE_CHECKING:
     from handler_cli.context import Context
@@ -119,5 +121,5 @@ __all__ = [
     "DECIDED_STATUSES", "HANDLED_PROPERTY", "HANDLED_PROPERTY_LIMIT", "WAITING_STATUSES",
     "Begun", "HandledIndex", "Journal", "Plan", "PollJournal", "PollReport", "Poller",
     "Reading", "TicketOutcome", "UNREAD", "complemented", "decide", "next_step",
-    "parse_tokens", "poll", "poll_lock", "question_kind", "read_reply",
+    "parse_tokens", "poll", "poll_lock", "question_kind", "read_reply", "watched_tickets",
 ]

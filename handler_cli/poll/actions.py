@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from handler_cli.mailing import send_once
 from handler_cli.poll.decide import (
-    HANDS_OFF,
+    AWAITING_CLIENT,
     change_of_mind,
     complemented,
     question_kind,
@@ -57,18 +57,21 @@ def act(ctx: Context, journal: PollJournal, report: PollReport, doc: Document, r
     elif plan.action == "info" and plan.assessment is not None:
         props.update(_complete(ctx, doc, reply, plan))
     if plan.forward and (plan.text or reply.files):
-        status = doc.validation_status
+        status = plan.status
+        not_asked = plan.action == "forwarded" and status not in AWAITING_CLIENT
+        support = not_asked and doc.type_final == "SUPPORT"
         send_once(ctx, doc, question_kind(plan.text or reply.key), "admin_question",
                   ctx.settings.admin_email,
                   {"question": plan.text, "reply": reply, "files": stored,
                    "ticket_url": ticket_url(ctx, doc), "intent": plan.reading.intent,
-                   "after_decision": plan.action == "forwarded" and status in HANDS_OFF,
+                   "ticket_status": status, "support": support,
+                   "after_decision": not_asked and not support,
                    "change_of_mind": change_of_mind(status, plan.reading)
                    if plan.action == "forwarded" else None})
     now = ctx.now()
     if handled is None:
         handled = HandledIndex(journal, [])
-    if doc.ticket_id not in handled.tokens:  # resumed, or a decided ticket still watched
+    if doc.ticket_id not in handled.tokens:  # resumed: the ticket may not be waiting any more
         current = ctx.crm.get_ticket(doc.ticket_id).get(HANDLED_PROPERTY, "")
         handled.tokens[doc.ticket_id] = parse_tokens(current)
     props[HANDLED_PROPERTY] = handled.add(reply, now)
@@ -76,7 +79,9 @@ def act(ctx: Context, journal: PollJournal, report: PollReport, doc: Document, r
     ctx.documents.save(doc)
     journal.finish(reply, now)
     result = plan.describe(reply)
-    result["status"] = doc.validation_status
+    # Where the ticket stands now: moved by this action, else where it was decided on.
+    moved = plan.action in ("validated", "rejected", "info")
+    result["status"] = doc.validation_status if moved else plan.status
     new = [k for k in doc.emails if k not in sent_before]
     # What this pass sent, apart from what a pass that died half-way had sent already.
     result["emails"] = [k for k in new if doc.emails[k].sent_at >= started]

@@ -20,11 +20,15 @@ if TYPE_CHECKING:
     from handler_cli.replies import Reply
     from handler_cli.steps.analyze import Assessment
 
-AWAITING_CLIENT = ("pending_credits", "pending_info")  # asked the client: reminders apply
+# Asked the client: their word moves the ticket, reminders apply. On any other ticket (the
+# admin's to price, decided by the poll or by hand, a support request) their word moves
+# nothing: a person reads whatever they write (HANDLER_WATCH_DECIDED_DAYS bounds how long).
+AWAITING_CLIENT = ("pending_credits", "pending_info")
 WAITING_STATUSES = (*AWAITING_CLIENT, "pending_admin")  # read from the CRM at every pass
-DECIDED_STATUSES = ("validated", "rejected")  # watched a while after (HANDLER_WATCH_DECIDED_DAYS)
-# The client's word no longer moves these tickets: a person reads whatever they write.
-HANDS_OFF = ("pending_admin", *DECIDED_STATUSES)
+DECIDED_STATUSES = ("validated", "rejected")
+# Every status a document may hold (document.ValidationStatus); a CRM value outside it (a
+# status cleared or made up by hand) is no status at all for the poll.
+STATUSES = (*WAITING_STATUSES, *DECIDED_STATUSES)
 COMPLEMENT_HEADER = "--- Complément du client"
 
 
@@ -49,6 +53,11 @@ class Plan:
     text: str  # the reply without quoted history and signature
     assessment: Assessment | None = None
     forward: bool = False  # the admin gets the client's words
+    # Where the ticket stood when this was decided (the CRM's word; None: no status, as a
+    # support request): what the admin's e-mail says. Not always the stored document's: a
+    # ticket decided by hand in the CRM keeps the status this installation recorded there
+    # (`Poller._answer`).
+    status: str | None = None
 
     def describe(self, reply: Reply) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -76,34 +85,40 @@ def decide(doc: Document, reply: Reply, text: str, reading: Reading) -> Plan:
     """
     kind = reading.intent
     status = doc.validation_status
+
+    def plan(action: str, *, forward: bool = False,
+             assessment: Assessment | None = None) -> Plan:
+        return Plan(action, reading, text, assessment=assessment, forward=forward,
+                    status=status)
+
     if reply.automatic:  # an out-of-office says nothing about the quote, whatever its words
-        return Plan("ignored", reading, text)
-    if status in HANDS_OFF:
-        # Decided (or the admin's to price): the admin decides, nothing moves on its own;
-        # a change of mind is flagged in the forward (actions.py).
+        return plan("ignored")
+    if status not in AWAITING_CLIENT:
+        # Not asked about (a support request, the admin's to price, decided by the poll or
+        # by hand): the admin decides, nothing moves on its own; a change of mind is flagged
+        # in the forward (actions.py).
         action = "forwarded" if (text or reply.files) else "ignored"
-        return Plan(action, reading, text, forward=action == "forwarded")
+        return plan(action, forward=action == "forwarded")
     unclear = kind == UNCLEAR
     if kind == "refus":
-        return Plan("rejected", reading, text)
+        return plan("rejected")
     if status == "pending_info":
         assessment = reassess(doc, text, reply)
         if assessment is not None:
-            return Plan("info", reading, text, assessment=assessment,
-                        forward=kind == "question")
+            return plan("info", assessment=assessment, forward=kind == "question")
         if kind == "question":
-            return Plan("question", reading, text, forward=True)
+            return plan("question", forward=True)
         # "Je valide" with no quote sent yet, files the grid cannot use, a reply we cannot
         # read with confidence: a person reads it.
         forward = kind == "validation" or unclear or bool(reply.files)
-        return Plan("forwarded" if forward else "ignored", reading, text, forward=forward)
+        return plan("forwarded" if forward else "ignored", forward=forward)
     if kind == "validation":
-        return Plan("validated", reading, text)
+        return plan("validated")
     if kind == "question":
-        return Plan("question", reading, text, forward=True)
+        return plan("question", forward=True)
     if unclear or reply.files:
-        return Plan("forwarded", reading, text, forward=True)
-    return Plan("ignored", reading, text)
+        return plan("forwarded", forward=True)
+    return plan("ignored")
 
 
 def still_refused(doc: Document, reply: Reply) -> list[RefusedFile]:

@@ -265,6 +265,12 @@ class HandledIndex:
             if ticket_id not in self.last_handled or at > self.last_handled[ticket_id]:
                 self.last_handled[ticket_id] = at
 
+    def learn(self, ticket_id: str, value: str | None) -> None:
+        """A ticket's `handler_replies_handled` read after the index was made (a watched
+        ticket, not in the CRM's search): its replies count as handled too."""
+        self.tokens[ticket_id] = parse_tokens(value)
+        self.keys.setdefault(ticket_id, set()).update(self.tokens[ticket_id])
+
     def is_handled(self, ticket_id: str, reply: Reply) -> bool:
         known = self.keys.get(ticket_id, set())
         return reply.key in known or (reply.crm_id is not None and reply.crm_id in known)

@@ -36,7 +36,7 @@ class TicketOutcome:
 class PollReport:
     outcomes: list[TicketOutcome] = field(default_factory=list)
     waiting: int = 0
-    watched: int = 0  # decided tickets still read (HANDLER_WATCH_DECIDED_DAYS)
+    watched: int = 0  # tickets the client is not asked about, still read (runner.watched_tickets)
     replies: int = 0
     orphans: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -71,7 +71,8 @@ class PollReport:
             return f"poll: another poll is running ({self.locked_by}); nothing done"
         done = ", ".join(f"{n} {a}" for a, n in sorted(self.tally().items())) or "nothing to do"
         head = "poll (dry run, nothing changed)" if self.dry_run else "poll"
-        watched = f" (+{self.watched} decided, still watched)" if self.watched else ""
+        watched = f" (+{self.watched} not waiting for the client, still read)" if self.watched \
+            else ""
         text = (f"{head}: {self.waiting} waiting ticket(s){watched}, {self.replies} new "
                 f"repl(ies); {done}")
         if self.orphans:

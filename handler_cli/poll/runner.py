@@ -3,20 +3,25 @@
 Actions an earlier pass began are finished first (`resume`), then each waiting ticket's new
 replies are read and acted on oldest first; a ticket with none gets its follow-up (reminder,
 stale); last, validated requests still without their subtask get step 6 again.
+
+Besides the tickets the CRM lists as waiting, the pass reads the *watched* ones: tickets the
+client is not asked about (a support request, decided by the poll or by hand) that this
+installation touched within `HANDLER_WATCH_DECIDED_DAYS`; whatever the client writes there
+goes to the admin (`watched_tickets`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from handler_cli.config import ConfigError
 from handler_cli.poll.actions import act, alert_admin, keep_files
 from handler_cli.poll.decide import (
     AWAITING_CLIENT,
-    DECIDED_STATUSES,
+    STATUSES,
     UNCLEAR,
     WAITING_STATUSES,
     Plan,
@@ -26,7 +31,7 @@ from handler_cli.poll.decide import (
     simulate,
 )
 from handler_cli.poll.follow_up import follow_up, retry_subtasks
-from handler_cli.poll.journal import UNREAD, Begun, HandledIndex
+from handler_cli.poll.journal import HANDLED_PROPERTY, UNREAD, Begun, HandledIndex
 from handler_cli.poll.report import PollReport, TicketOutcome
 from handler_cli.services import ServiceError
 
@@ -36,6 +41,7 @@ if TYPE_CHECKING:
     from handler_cli.poll.journal import PollJournal
     from handler_cli.replies import Reply, ReplySource
     from handler_cli.services import LLM, WaitingTicket
+    from handler_cli.storage import SavedTicket
 
 log = logging.getLogger("handler_cli")
 
@@ -55,19 +61,47 @@ def read_reply(text: str, llm: LLM | None) -> Reading:
                    str(result.method))
 
 
+def watch_start(ctx: Context) -> datetime | None:
+    """Since when a ticket the client is not asked about is still read: its last activity
+    must be this recent (`HANDLER_WATCH_DECIDED_DAYS`); None when the watch is off (0)."""
+    days = ctx.settings.handler_watch_decided_days
+    return ctx.now() - timedelta(days=days) if days > 0 else None
+
+
+def watched_tickets(ctx: Context, journal: PollJournal, since: datetime) -> dict[str, SavedTicket]:
+    """Every ticket this installation touched since `since`, by id, as it last knew it: a
+    request saved with its ticket (the documents store: the ticket step, a client e-mail, a
+    reminder, a reply handled) or decided by the poll (the journal, whose status wins).
+
+    Neither is a CRM call, so a quiet pass costs no more of them: the watched tickets' e-mails
+    are read in the same batches as the waiting ones'. Which of them are really watched is
+    the caller's: the tickets the CRM lists as waiting are read as such.
+    """
+    from handler_cli.storage import SavedTicket
+
+    found = {t.ticket_id: t for t in ctx.documents.tickets_saved_since(since)}
+    for ticket_id, request_id, status in journal.decided_since(since):
+        saved = found.get(ticket_id)
+        found[ticket_id] = SavedTicket(ticket_id, request_id, status,
+                                       saved.contact_id if saved else None)
+    return found
+
+
 def next_step(ctx: Context, ticket_id: str) -> str:
     """What the next poll does with a new message on this ticket: "act" (it waits for the
-    client), "forward" (the admin gets it: decided and still watched, or the admin's to
-    price) or "nothing" (decided by hand, or quiet for longer than the watch)."""
+    client), "forward" (the admin gets it: the admin's to price, or not asked about and
+    still watched: a support request, decided by the poll or by hand) or "nothing" (quiet
+    for longer than the watch, or no request document here)."""
     status = ctx.crm.get_ticket(ticket_id).get("validation_status", "")
+    if ctx.documents.by_ticket(ticket_id) is None:
+        return "nothing"  # the poll has nothing to read it with (docs/poll.md)
     if status in AWAITING_CLIENT:
         return "act"
     if status == "pending_admin":
         return "forward"
-    if status in DECIDED_STATUSES:
-        since = ctx.now() - timedelta(days=ctx.settings.handler_watch_decided_days)
-        if any(t == ticket_id for t, _, _ in ctx.journal.decided_since(since)):
-            return "forward"
+    since = watch_start(ctx)
+    if since is not None and ticket_id in watched_tickets(ctx, ctx.journal, since):
+        return "forward"
     return "nothing"
 
 
@@ -82,21 +116,23 @@ class Poller:
         self._sources = sources
         self.journal: PollJournal = journal or ctx.journal
         self.report = PollReport(dry_run=dry_run)
+        self.watched: set[str] = set()  # tickets read though the CRM did not list them
 
     def run(self) -> PollReport:
         from handler_cli.replies import build_sources
 
         sources = list(self._sources) if self._sources is not None else build_sources(self.ctx)
         done = self._resume()
+        listed = True
         try:
             waiting = self.ctx.crm.waiting_tickets(WAITING_STATUSES)
         except ServiceError as exc:
             self.report.fail(f"cannot list the waiting tickets: {exc}")
-            waiting = []
-        waiting = [*waiting, *self._watched_decided({t.ticket_id for t in waiting})]
+            waiting, listed = [], False
+        waiting = [*waiting, *self._watched({t.ticket_id for t in waiting}, listed)]
         docs = self._documents(waiting)
         known = [t for t in waiting if t.ticket_id in docs]
-        self.report.watched = len([t for t in known if t.validation_status in DECIDED_STATUSES])
+        self.report.watched = len([t for t in known if t.ticket_id in self.watched])
         self.report.waiting = len(known) - self.report.watched
         if self.report.orphans:
             log.warning("poll: %d waiting ticket(s) have no request document in %s (e.g. %s); "
@@ -104,9 +140,8 @@ class Poller:
                         self.ctx.settings.data_dir, ", ".join(self.report.orphans[:5]))
 
         handled = HandledIndex(self.journal, known)
-        for ticket in known:  # not read from the CRM: their handled property is unknown here
-            if ticket.validation_status in DECIDED_STATUSES:
-                handled.tokens.pop(ticket.ticket_id, None)
+        for ticket_id in self.watched:  # not read from the CRM: their property is unknown here
+            handled.tokens.pop(ticket_id, None)
         replies, owner = self._fetch(sources, known, handled, docs)
         self.report.replies = sum(len(r) for r in replies.values())
         for ticket in known:
@@ -114,7 +149,8 @@ class Poller:
             if found:
                 self._answer(ticket, docs[ticket.ticket_id], found, handled, owner)
                 done.add(ticket.ticket_id)
-            elif ticket.ticket_id not in done and ticket.validation_status in AWAITING_CLIENT:
+            elif (ticket.ticket_id not in done and ticket.ticket_id not in self.watched
+                  and ticket.validation_status in AWAITING_CLIENT):
                 doc = docs[ticket.ticket_id]
                 try:
                     follow_up(self.ctx, self.report, ticket, doc, handled)
@@ -127,20 +163,30 @@ class Poller:
         retry_subtasks(self.ctx, self.report, done)
         return self.report
 
-    def _watched_decided(self, waiting: set[str]) -> list[WaitingTicket]:
-        """Tickets the poll decided (validated, rejected) and still watches: a message on
-        them goes to the admin. Watched until `HANDLER_WATCH_DECIDED_DAYS` after the last
-        exchange, from the journal: the CRM is not searched for them, so a quiet pass costs
-        no more HubSpot calls than before (their e-mails are read in the same batches)."""
+    def _watched(self, waiting: set[str], listed: bool) -> list[WaitingTicket]:
+        """The tickets the client is not asked about that are still read (`watched_tickets`):
+        those the CRM does not list as waiting. A request still waiting for the client or the
+        admin in our store that the CRM no longer lists was decided (or closed) by hand in the
+        CRM: watched too, but only when the CRM's list could be read (`listed`), since only
+        then does its absence say anything. Their status as the CRM has it is read when a
+        message comes (`_answer`)."""
         from handler_cli.services import WaitingTicket
 
-        since = self.ctx.now() - timedelta(days=self.ctx.settings.handler_watch_decided_days)
+        since = watch_start(self.ctx)
+        if since is None:
+            return []
         found: list[WaitingTicket] = []
-        for ticket_id, request_id, status in self.journal.decided_since(since):
-            if ticket_id not in waiting:
-                found.append(WaitingTicket(ticket_id=ticket_id, request_id=request_id,
-                                           validation_status=status, properties={},
-                                           updated_at=self.ctx.now()))
+        for saved in watched_tickets(self.ctx, self.journal, since).values():
+            if saved.ticket_id in waiting or (
+                    saved.validation_status in WAITING_STATUSES and not listed):
+                continue
+            self.watched.add(saved.ticket_id)
+            # Its CRM properties are not known; the contact is ours (as `get_ticket` shows
+            # it): a reply source need not read the ticket's associations to find it.
+            known = {"contact_id": saved.contact_id} if saved.contact_id else {}
+            found.append(WaitingTicket(ticket_id=saved.ticket_id, request_id=saved.request_id,
+                                       validation_status=saved.validation_status or "",
+                                       properties=known, updated_at=self.ctx.now()))
         return found
 
     def _documents(self, waiting: Sequence[WaitingTicket]) -> dict[str, Document]:
@@ -215,21 +261,22 @@ class Poller:
     def _answer(self, ticket: WaitingTicket, doc: Document, replies: list[Reply],
                 handled: HandledIndex, owner: dict[str, ReplySource]) -> None:
         outcome = self.report.outcome(ticket.ticket_id, doc.request_id, ticket.validation_status)
-        # The CRM is the truth: an admin may have moved the ticket since the document was kept.
-        doc.validation_status = ticket.validation_status  # type: ignore[assignment]
-        if ticket.properties.get("credits_estimes", "").isdigit():
-            doc.credits_estimes = int(ticket.properties["credits_estimes"])
+        standing = doc  # what `decide` reads: the ticket as the CRM has it
         for reply in replies:
             entry = Begun(reply, doc.request_id, UNREAD, Reading("", 0.0, ""), "", False)
             try:
+                if reply is replies[0]:
+                    standing = self._standing(ticket, doc, handled, outcome)
+                if handled.is_handled(ticket.ticket_id, reply):
+                    continue  # a watched ticket's property named it: handled before
                 if self.dry_run:
-                    plan = self._plan(doc, reply)
-                    simulate(doc, plan)
+                    plan = self._plan(standing, reply)
+                    simulate(standing, plan)
                     outcome.actions.append(plan.describe(reply))
                     continue
                 # The files first: what is decided depends on what we could keep.
                 kept = keep_files(self.ctx, doc, reply)
-                plan = self._plan(doc, kept)
+                plan = self._plan(standing, kept)
                 entry = Begun(kept, doc.request_id, plan.action, plan.reading, plan.text,
                               plan.forward)
                 self.journal.begin(entry, self.ctx.now())
@@ -245,8 +292,35 @@ class Poller:
             except Exception as exc:  # a bug must not stop the other tickets
                 self._isolate(outcome, exc, entry)
                 break
-        outcome.status = doc.validation_status or outcome.status
+        outcome.status = standing.validation_status or outcome.status
         outcome.clickup_subtask_id = doc.clickup_subtask_id
+
+    def _standing(self, ticket: WaitingTicket, doc: Document, handled: HandledIndex,
+                  outcome: TicketOutcome) -> Document:
+        """The document as `decide` must see it: with the ticket's status as the CRM has it.
+
+        The CRM is the truth: an admin may have moved the ticket since the document was kept.
+        A waiting ticket came with its status and properties from the CRM's search; a watched
+        one did not, so it is read now (one call, and only for a ticket with a new message,
+        as a quiet pass must not grow with the watched tickets). Its status is adopted when
+        the client is asked something there (the search missed it); otherwise the document
+        keeps the status this installation recorded and `decide` reads a copy: a ticket
+        validated by hand must not look, to the subtask retries, like one the poll validated.
+        """
+        properties = ticket.properties
+        if ticket.ticket_id in self.watched:
+            properties = self.ctx.crm.get_ticket(ticket.ticket_id)
+            handled.learn(ticket.ticket_id, properties.get(HANDLED_PROPERTY))
+        status = properties.get("validation_status", "")
+        crm: dict[str, object] = {"validation_status": status if status in STATUSES else None}
+        if properties.get("credits_estimes", "").isdigit():
+            crm["credits_estimes"] = int(properties["credits_estimes"])
+        outcome.status_before = outcome.status = str(crm["validation_status"] or "")
+        if crm["validation_status"] in AWAITING_CLIENT or ticket.ticket_id not in self.watched:
+            for name, value in crm.items():
+                setattr(doc, name, value)
+            return doc
+        return doc.model_copy(update=crm)
 
     def _resume(self) -> set[str]:
         """Finish the actions an earlier pass began and did not end (crash, backend down)."""
@@ -264,7 +338,8 @@ class Poller:
                 outcome = self.report.outcome(reply.ticket_id, doc.request_id,
                                               doc.validation_status or "")
                 resumed.add(reply.ticket_id)
-                plan = Plan(begun.action, begun.reading, begun.text, forward=begun.forward)
+                plan = Plan(begun.action, begun.reading, begun.text, forward=begun.forward,
+                            status=doc.validation_status)
                 if plan.action == "info":
                     plan.assessment = assess_with(doc, plan.text, reply)
                 if self.dry_run:

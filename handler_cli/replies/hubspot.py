@@ -101,7 +101,10 @@ class HubSpotReplies(CRMReplies):
             return replies
         crm = self._hubspot()
         seen = {r.crm_id for rs in replies.values() for r in rs if r.crm_id}
-        on_contacts = crm.contact_emails(ids, handled.crm_ids(ids) | seen, since)
+        # The watched tickets come with their contact (the poll's store): not read again.
+        known = {t.ticket_id: t.properties["contact_id"] for t in waiting
+                 if t.properties.get("contact_id")}
+        on_contacts = crm.contact_emails(ids, handled.crm_ids(ids) | seen, since, known)
         index = TicketIndex.of(waiting)
         mine = {ticket_id: [r for r in records if index.match(
                     r.in_reply_to, r.references, r.subject) == ticket_id]
