@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -25,9 +26,11 @@ from handler_cli.poll import next_step, poll
 from handler_cli.storage import open_storage
 from tests import poll_kit
 from tests.conftest import RunCli, sample
+from tests.dovecot import dovecot_server
 from tests.fakes.hubspot import FakeHubSpot
 from tests.peers import SMTPPeer
 from tests.poll_kit import (
+    PNG,
     at,
     body,
     client_says,
@@ -106,6 +109,39 @@ def test_a_support_follow_up_reaches_the_admin_once(
 
     again = poll(at(environ, later(1.1)))
 
+    assert again.ok and again.outcomes == [] and len(forwards(relay)) == 1
+
+
+def test_a_support_follow_up_in_the_mailbox_reaches_the_admin_with_its_screenshot(
+    tmp_path: Path, relay: SMTPPeer
+) -> None:
+    """The acknowledgement's reply address is the poll's mailbox: the client's answer, with
+    the screenshot asked for, is read over IMAP (dovecot), its file stored with the request's,
+    and forwarded once."""
+    with dovecot_server(tmp_path) as imap:
+        environ = relay_environ(tmp_path, relay, HANDLER_REPLY_SOURCES="imap", **imap.environ())
+        doc = support_request(environ)
+        answer = EmailMessage()
+        answer["From"] = f"{doc.user_name} <{doc.user_email}>"
+        answer["To"] = imap.user
+        answer["Subject"] = f"Re: {doc.emails['client'].subject}"
+        answer["Message-ID"] = "<capture-1@client.example.fr>"
+        answer["In-Reply-To"] = doc.emails["client"].message_id
+        answer.set_content("Voici la capture d'écran demandée.")
+        answer.add_attachment(PNG, maintype="image", subtype="png", filename="capture.png")
+        imap.deliver(bytes(answer))
+
+        report = poll(at(environ, later(1)))
+        again = poll(at(environ, later(1.1)))
+
+    assert report.ok, report.failures
+    (outcome,) = report.outcomes
+    assert [(a["source"], a["action"]) for a in outcome.actions] == [("imap", "forwarded")]
+    (kind,) = forwards(relay)
+    text = body(received(relay, kind))
+    assert "capture d'écran demandée" in text and "capture.png" in text
+    stored = at(environ).documents.by_ticket(doc.ticket_id or "")
+    assert stored is not None and any(u.endswith("capture.png") for u in stored.fichiers_urls or [])
     assert again.ok and again.outcomes == [] and len(forwards(relay)) == 1
 
 
