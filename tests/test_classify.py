@@ -345,7 +345,8 @@ def test_the_classify_command_loads_no_heavy_library(tmp_path: Path) -> None:
     # tokenize: compiling its patterns (to read a builtin's signature) is 2 ms of start-up.
     script = ("import atexit, sys, tokenize\n"
               "atexit.register(lambda: print(sorted(m for m in ('httpx', 'anthropic', 'boto3',"
-              " 'jinja2', 'starlette', 'uvicorn', 'huey', 'rich') if m in sys.modules)"
+              " 'jinja2', 'starlette', 'uvicorn', 'huey', 'rich', 'importlib.metadata')"
+              " if m in sys.modules)"
               " + ['tokenize'] * tokenize._compile.cache_info().currsize, file=sys.stderr))\n"
               "sys.argv = ['handler-cli', 'classify']\n"
               "from handler_cli.__main__ import main\nmain()\n")
@@ -354,3 +355,24 @@ def test_the_classify_command_loads_no_heavy_library(tmp_path: Path) -> None:
                             text=True, env=clean_environ(tmp_path), cwd=ROOT, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(("setting", "looked_up"), [
+    (None, False), ("__all__", False), ("true", False), ("logfire", True)])
+def test_pydantic_plugins_are_looked_up_only_when_some_may_be_on(
+        tmp_path: Path, setting: str | None, looked_up: bool) -> None:
+    """All disabled, the plugin finder (and importlib.metadata) is never imported; models still
+    validate. Naming one plugin to disable leaves pydantic's own lookup in place."""
+    script = ("import sys\nfrom handler_cli.__main__ import skip_plugin_lookup\n"
+              "skip_plugin_lookup()\nfrom pydantic import BaseModel\n"
+              "class M(BaseModel):\n    n: int\n"
+              "assert M.model_validate({'n': '3'}).n == 3\n"
+              "print('importlib.metadata' in sys.modules)\n")
+    env = clean_environ(tmp_path)
+    env.pop("PYDANTIC_DISABLE_PLUGINS", None)
+    if setting is not None:
+        env["PYDANTIC_DISABLE_PLUGINS"] = setting
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=env, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(looked_up)
