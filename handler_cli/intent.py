@@ -198,6 +198,13 @@ def _read_keywords(body: str, lex: ReplyLexicon) -> tuple[Intent, float, list[st
         conf = (max(v, r) + a) / (v + r + q + 2 * a)
         return intent, conf, [f"validation {v:.2f} vs refus {r:.2f} (question {q:.2f})",
                               *reasons]
+    if s["none"] > 0 and q > 0:
+        # A thank-you beside a question too weak to decide ("hello, is thhere a discount",
+        # with a typo): the client may be waiting for an answer, so never a sure "nothing".
+        intent = "question" if q > s["none"] else "none"
+        conf = (max(q, s["none"]) + a) / (q + s["none"] + 2 * a)
+        return intent, conf, [f"thanks or acknowledgement {s['none']:.2f} vs question "
+                              f"{q:.2f}", *reasons]
     unexplained = len(ev.unexplained)
     # "Merci, mais ..." : what follows the "mais" is what the client means; unread, it is
     # not a thank-you.

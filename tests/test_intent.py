@@ -180,6 +180,7 @@ def test_thanks_or_an_empty_reply_is_nothing(text: str) -> None:
     "je voudrais comprendre comment vous comptez les crédits avant de m'engager",
     "dites moi si le fichier sera en GLB", "Let me know if textures are included",
     "c koi le delai", "Avant de confirmer, le modèle sera-t-il utilisable en AR",
+    "Merci. Est-ce possible d'avoir une remise",
 ])
 def test_a_question_needs_no_question_mark(text: str) -> None:
     assert read_intent(text).intent == "question"
@@ -207,8 +208,21 @@ def test_what_keywords_cannot_read_surely_goes_to_a_person_never_to_a_confident_
     assert result.intent == "unclear" and result.method == "fallback"
 
 
+@pytest.mark.parametrize("text", ["hello, is thhere a discount for 10 items",
+                                  "merci, c'est combein pour 10"])
+def test_a_greeting_beside_a_question_too_weak_to_decide_is_never_a_confident_none(
+    text: str,
+) -> None:
+    """The typo leaves the question below its threshold; the greeting alone read 'none'."""
+    result = read_intent(text)
+
+    assert (result.intent, result.method) == ("unclear", "fallback")
+    assert result.guess in ("question", "none") and result.confiance < 0.70
+
+
 @pytest.mark.parametrize("text", ["Je regarde ça demain.", "Merci, je regarde demain",
-                                  "Bien reçu, je transmets à mon associé.", "Merci 🙏"])
+                                  "Bien reçu, je transmets à mon associé.", "Merci 🙏",
+                                  "Merci pour le devis, je vais en parler à mon associé."])
 def test_a_deferral_or_thanks_is_a_confident_none(text: str) -> None:
     assert (read_intent(text).intent, read_intent(text).method) == ("none", "keywords")
 
