@@ -22,11 +22,10 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 from handler_cli.data import load_json
-from handler_cli.lexicon import PhraseMatcher
+from handler_cli.lexicon import PhraseMatcher, built_once
 from handler_cli.reply_text import split_reply, strip_quoted
 from handler_cli.text import fold
 
@@ -100,7 +99,7 @@ class ReplyLexicon:
                 for start, end, phrase, by_typo in self.matcher.scan(tokens)]
 
 
-@lru_cache(maxsize=1)
+@built_once
 def load_reply_lexicon() -> ReplyLexicon:
     return ReplyLexicon(load_json("reply_lexicon.json"))
 

@@ -21,7 +21,9 @@ an opaque `payload`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import gc
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeAlias, TypeVar
 
@@ -56,6 +58,27 @@ class Phrase(Generic[T]):
 # A term found in a token list: (start, end, phrase, by_typo) for tokens[start:end], by_typo
 # when the first word matched with a typo. A plain tuple: scanning is on the hot path.
 Match: TypeAlias = tuple[int, int, Phrase[T], bool]
+
+
+def built_once(build: Callable[[], T]) -> Callable[[], T]:
+    """`build`, run once per process with the cyclic garbage collector paused.
+
+    A lexicon lives as long as the process: collecting while its thousands of objects are
+    made (a pass every 700 allocations) is wasted work, a third of the 5 ms the request
+    lexicon takes to index on a one-document `classify`.
+    """
+
+    @functools.cache
+    def once() -> T:
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return build()
+        finally:
+            if paused:
+                gc.enable()
+
+    return functools.update_wrapper(once, build)
 
 
 def split_words(text: str) -> list[str]:

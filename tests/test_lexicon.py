@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
-from handler_cli.lexicon import PhraseMatcher
+from handler_cli.lexicon import PhraseMatcher, built_once
 from handler_cli.text import fold
 
 
@@ -168,3 +170,24 @@ def test_fold_is_the_plain_definition_however_fast_it_goes() -> None:
               for _ in range(3000)]
 
     assert [fold(t) for t in texts] == [plain(t) for t in texts]
+
+
+@pytest.mark.parametrize("collector_on", [True, False])
+def test_a_lexicon_is_built_once_with_the_collector_paused_then_as_it_was(
+    collector_on: bool,
+) -> None:
+    seen: list[bool] = []
+
+    @built_once
+    def build() -> dict[str, int]:
+        seen.append(gc.isenabled())
+        return {"terms": 1}
+
+    was = gc.isenabled()
+    try:
+        gc.enable() if collector_on else gc.disable()
+        first = build()
+        assert build() is first and seen == [False]
+        assert gc.isenabled() is collector_on
+    finally:
+        gc.enable() if was else gc.disable()

@@ -44,12 +44,11 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from handler_cli.data import load_json
 from handler_cli.document import Classification
-from handler_cli.lexicon import Phrase, PhraseMatcher
+from handler_cli.lexicon import Phrase, PhraseMatcher, built_once
 from handler_cli.text import fold
 
 if TYPE_CHECKING:
@@ -168,7 +167,7 @@ class Lexicon:
                 hits[phrase] = (f, words)
 
 
-@lru_cache(maxsize=1)
+@built_once
 def load_lexicon() -> Lexicon:
     """The packaged lexicon, parsed and indexed once per process."""
     return Lexicon(load_json("lexicon.json"))
