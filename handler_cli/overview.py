@@ -2,8 +2,9 @@
 
 A request lives in up to three stores: the request store (what the webhook accepted: its
 processing status, attempts and their history), the documents (the latest copy of every
-request that reached the CRM, from the webhook, `run` or a step command, kept up to date
-by the poll), and the poll's journal (what the client answered, when, and what was done).
+request that reached the CRM, from the webhook, `run` or a step command, and of every
+request `run` processed, ticket or not; kept up to date by the poll), and the poll's journal
+(what the client answered, when, and what was done).
 `Overview` reads them, never writes, and joins them into one `RequestView` per request;
 `requests list/show` and `stats` render it.
 

@@ -20,6 +20,8 @@ def run_chain(
     ctx: Context,
     steps: Sequence[Step] = PIPELINE,
     checkpoint: Checkpoint | None = None,
+    *,
+    keep: bool = False,
 ) -> bool:
     """Apply `steps` in order; True when every one succeeded.
 
@@ -33,8 +35,12 @@ def run_chain(
     with a ticket starts from the stored copy, and when the stored copy moved on meanwhile
     (the poll validated it, another `run`), the chain starts again from it: every step finds
     its output there, or its effect in the ledger, so nothing is done twice.
+
+    With `keep` (the `run` door), a document is kept even without a ticket: a request that
+    failed before its ticket shows in `requests list` with its errors, and running it again
+    starts from the stored copy.
     """
-    if doc.ticket_id:
+    if doc.ticket_id or keep:
         ctx.documents.refresh(doc)
     for _ in range(STALE_RETRIES):
         all_ok = True
@@ -43,7 +49,7 @@ def run_chain(
             all_ok = all_ok and ok
             if checkpoint is not None:
                 checkpoint(step, doc, ok)
-        if not doc.ticket_id:
+        if not (doc.ticket_id or keep):
             return all_ok
         # Imported here: a chain that opens no ticket (classify) never loads the storage layer.
         from handler_cli.storage import StaleDocument

@@ -97,7 +97,8 @@ def test_shell_completion_is_offered_shown_and_installed(tmp_path: Path) -> None
 def test_common_options_before_the_command(cli: RunCli) -> None:
     quiet = cli("-q", "run", str(SAMPLES / "support.json"))
     assert quiet.returncode == 0 and quiet.stderr == "" and json.loads(quiet.stdout)
-    strict = cli("--strict", "run", str(SAMPLES / "support.json"))
+    # Another request: the first is done, and running it again uses no service to refuse.
+    strict = cli("--strict", "run", str(SAMPLES / "modelisation_simple.json"))
     assert strict.returncode == 2 and "strict mode" in strict.stderr
     assert cli("--strict", "doctor").returncode == 1
 

@@ -56,8 +56,11 @@ def process(
     quiet: bool = False,
     verbose: bool = False,
     show_progress: bool = False,
+    keep: bool = False,
 ) -> int:
-    """Apply `steps` to every document of the inputs; return the exit code."""
+    """Apply `steps` to every document of the inputs; return the exit code.
+
+    `keep`: store every document, ticket or not (`pipeline.run_chain`)."""
     from handler_cli.config import ConfigError
     from handler_cli.context import Context
     from handler_cli.jsonio import InputError, read_documents
@@ -78,7 +81,7 @@ def process(
                     log.error("%s", item)
                     report.unreadable()
                     continue
-                ok = run_chain(item, ctx, steps)
+                ok = run_chain(item, ctx, steps, keep=keep)
                 out.write((item.to_json(pretty) + "\n").encode())
                 report.processed(item, ok)
     except ConfigError as exc:
@@ -248,4 +251,4 @@ def run(
     """
     raise typer.Exit(process(input, PIPELINE, command="run", example=RUN_EXAMPLE,
                              pretty=pretty, strict=strict, quiet=quiet, verbose=verbose,
-                             show_progress=True))
+                             show_progress=True, keep=True))
