@@ -307,31 +307,3 @@ def test_the_view_reads_the_shared_postgresql_of_a_scaled_out_installation(
     assert shown["validation_status"] == "validated"
     assert json.loads(cli(env, "stats").stdout)["validated"] == 1
     assert not (tmp_path / "data" / "documents.sqlite3").exists()  # nothing read from files
-
-
-def test_a_run_that_failed_before_its_ticket_is_listed_and_a_rerun_starts_from_it(
-    tmp_path: Path,
-) -> None:
-    env = clean_environ(tmp_path / "data")
-    down = {**env, "HUBSPOT_ACCESS_TOKEN": "pat-test",
-            "HUBSPOT_BASE_URL": f"http://127.0.0.1:{closed_port()}"}
-    failed = cli(down, "run", str(SAMPLES / "modelisation_simple.json"))
-    assert failed.returncode == 1
-    doc = json.loads(failed.stdout)
-    assert doc.get("ticket_id") is None and {e["step"] for e in doc["errors"]} >= {"ticket"}
-
-    (row,) = [r for r in listed_in(env) if r["request_id"] == doc["request_id"]]
-    assert (row["door"], row["status"]) == ("cli", "failed") and row["errors"] >= 1
-    shown = cli(env, "requests", "show", doc["request_id"])
-    assert shown.returncode == 0 and json.loads(shown.stdout)["errors"], shown.stderr
-
-    # The CRM back (here the local one): the same request again goes through once.
-    again = cli(env, "run", str(SAMPLES / "modelisation_simple.json"))
-    assert again.returncode == 0, again.stderr
-    done = json.loads(again.stdout)
-    assert done["request_id"] == doc["request_id"] and done["ticket_id"] and not done["errors"]
-    (row,) = [r for r in listed_in(env) if r["request_id"] == doc["request_id"]]
-    assert row["status"] == "pending_credits"
-    to_client = [p for p in (tmp_path / "data" / "outbox").glob("*.eml")
-                 if f"{doc['request_id']}.client" in p.name]
-    assert len(to_client) == 1

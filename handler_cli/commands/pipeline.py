@@ -81,6 +81,9 @@ def process(
                     log.error("%s", item)
                     report.unreadable()
                     continue
+                if keep and _erased_client(item, ctx):
+                    report.processed(item, False)
+                    continue
                 ok = run_chain(item, ctx, steps, keep=keep)
                 out.write((item.to_json(pretty) + "\n").encode())
                 report.processed(item, ok)
@@ -95,6 +98,19 @@ def process(
     out.flush()
     report.close(ctx)
     return ExitCode.FAILED if report.failed else ExitCode.OK
+
+
+def _erased_client(doc: Document, ctx: Any) -> bool:
+    """`run` never brings back, unasked, the data of a client erased at their request
+    (`handler-cli forget`), as the webhook holds such a request: refused, nothing stored."""
+    when = ctx.storage.forgotten.forgotten_at(doc.user_email)
+    if when is None:
+        return False
+    erased = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d")
+    log.error("%s: not run: this client's data was erased at their request on %s "
+              "(handler-cli forget). If they came back to us: handler-cli forget --lift "
+              "EMAIL, then run it again", doc.request_id, erased)
+    return True
 
 
 SERVICES = ("crm", "files", "mailer", "tasks", "llm")
