@@ -100,6 +100,11 @@ class FileStore(Protocol):
 
     def describe(self) -> str: ...
     def put(self, key: str, data: bytes, content_type: str) -> str: ...
+    def erase_request(self, request_id: str, *, dry_run: bool = False) -> int:
+        """Delete every file of this request (`requests/<request id>/`), for retention and
+        the right to erasure; how many (with `dry_run`, how many there are, deleting
+        none). Refuses (ValueError) an id that could name another prefix."""
+        ...
 
 
 class Mailer(Protocol):

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from handler_cli.services.files import request_prefix
 
 if TYPE_CHECKING:
     from handler_cli.checks import Finding
@@ -35,3 +38,19 @@ class LocalFileStore:
         tmp.write_bytes(data)
         tmp.replace(target)
         return target.as_uri()
+
+    def erase_request(self, request_id: str, *, dry_run: bool = False) -> int:
+        """Delete the request's folder `requests/<request id>/` (and the dated
+        `requests/<date>/<request id>/` of versions before 29 Nov 2026); how many files
+        were in them. An OSError (a folder we may not delete) goes through: not erased."""
+        folder = self.root / request_prefix(request_id)
+        base = self.root / "requests"
+        if not base.is_dir():
+            return 0
+        dated = base.glob(f"[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]/{request_id}")
+        folders = [p for p in (folder, *dated) if p.is_dir()]
+        count = sum(1 for p in folders for f in p.rglob("*") if f.is_file())
+        if not dry_run:
+            for p in folders:
+                shutil.rmtree(p)
+        return count

@@ -24,6 +24,7 @@ from urllib.parse import quote
 from handler_cli.checks import Finding, missing, proved
 from handler_cli.config import ConfigError
 from handler_cli.services import ServiceError
+from handler_cli.services.files import request_prefix
 from handler_cli.services.files.links import FileLinks
 
 if TYPE_CHECKING:
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 # SigV4 presigned URLs cannot live longer than seven days; R2 refuses anything longer.
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 PROBE_PREFIX = "handler-cli-doctor/"  # where `doctor --check` writes (and deletes) its probe
+# ListObjectsV2 returns at most 1,000 keys a page and DeleteObjects takes at most 1,000 keys
+# (S3's limits, which R2 keeps): a request's objects are erased a page at a time.
+MAX_KEYS = 1000
 # Error codes worth trying again later, whatever their HTTP status.
 TRANSIENT_CODES = frozenset(
     {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling",
@@ -76,6 +80,7 @@ class R2FileStore:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_attempts = max_attempts
+        self.page_size = MAX_KEYS  # keys listed (and deleted) at a time; tests make it small
         self._client: Any = None
         self._lock = threading.Lock()
 
@@ -100,6 +105,45 @@ class R2FileStore:
         except Exception as exc:
             raise self._translate(exc, f"upload of {key}") from None
         return self.link(key)
+
+    def erase_request(self, request_id: str, *, dry_run: bool = False) -> int:
+        """Delete every object under `requests/<request id>/` (retention, the right to
+        erasure); how many. A page of keys is listed (ListObjectsV2), then deleted in one
+        DeleteObjects call; a key the bucket refused to delete fails the erasure (the
+        ServiceError says how many), and running it again erases what is left.
+
+        R2 implements ListObjectsV2 (prefix, continuation-token, max-keys) and DeleteObjects
+        (Cloudflare, "S3 API compatibility", developers.cloudflare.com/r2/api/s3/api/, read
+        29 Nov 2026). DeleteObjects must carry one integrity header: boto3 >= 1.36 sends a
+        CRC32 one (x-amz-checksum-crc32) even with `request_checksum_calculation=
+        when_required`, and no Content-MD5; R2 accepts it, and refuses two at once, so none
+        is added here (tests/test_r2_erase.py holds the request to exactly one)."""
+        prefix = request_prefix(request_id)
+        count = 0
+        token: str | None = None
+        while True:
+            try:
+                client = self._get_client()
+                page = client.list_objects_v2(
+                    Bucket=self.bucket, Prefix=prefix, MaxKeys=self.page_size,
+                    **({"ContinuationToken": token} if token else {}))
+                keys = [str(item["Key"]) for item in page.get("Contents", [])]
+                refused = [] if dry_run or not keys else client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
+                ).get("Errors", [])
+            except Exception as exc:
+                raise self._translate(exc, f"erasing {prefix}") from None
+            count += len(keys) - len(refused)
+            if refused:
+                code = str(refused[0].get("Code", "?"))
+                reason = f"{code} {refused[0].get('Message', '')}".strip()
+                raise ServiceError("r2", f"erasing {prefix}: {len(refused)} object(s) not "
+                                   f"deleted ({reason}); {count} deleted",
+                                   transient=code in TRANSIENT_CODES)
+            token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+            if not token:
+                return count
 
     def link(self, key: str) -> str:
         """A link to `key` that lasts as long as the file: public, or through our server."""
