@@ -15,18 +15,22 @@ they are needed:
   (HubSpot's GDPR delete, `CRM.forget_contact`).
 
 "Every store": the storage layer (requests and their keys, documents, the ledger's effects,
-the poll's journal: SQLite or the shared PostgreSQL) and the local files of this data dir
-(the outbox's `.eml` copies, the local file store, the reply folder, the local CRM and task
-board). What lives elsewhere (HubSpot's tickets, ClickUp's subtasks, R2's files) is listed
-in `left`, for a person to erase there. docs/production.md, "Personal data".
+the poll's journal: SQLite or the shared PostgreSQL), the local files of this data dir (the
+outbox's `.eml` copies, the local file store, the reply folder, the local CRM and task
+board) and the live file store (R2: the objects under `requests/<request id>/`). What lives
+in systems we do not erase from (HubSpot's tickets, ClickUp's subtasks) is listed in `left`,
+for a person to erase there. docs/production.md, "Personal data".
+
+The files of a request are owed (`ForgottenAddresses.owe_files`, by request id only) before
+anything is erased and paid once they are gone: R2 down, or a crash half-way, leaves them
+owed, and the next `forget` or `prune` (the poll's retention pass) erases them.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.parser import BytesParser
@@ -93,6 +97,8 @@ def prune(ctx: Context, *, now: float | None = None, days: float | None = None,
     if erasure.request_ids:
         _erase(ctx, erasure, email=None)
         _scrub_local(ctx, erasure)
+    elif not dry_run:
+        _erase_files(ctx, erasure, [])  # what an earlier run still owes
     return erasure
 
 
@@ -104,9 +110,11 @@ def prune_after_poll(ctx: Context) -> str | None:
     except Exception as exc:  # noqa: BLE001 - reported, the poll's own work is done
         log.debug("retention pass failed", exc_info=True)
         return f"retention: {type(exc).__name__}: {exc}"
-    if erasure.request_ids:
+    if erasure.request_ids or erasure.removed:
         log.info("%s, finished more than %g days ago", erasure.summary(),
                  ctx.settings.handler_retention_days)
+    if erasure.failures:
+        return f"retention: could not erase {'; '.join(erasure.failures)}"
     return None
 
 
@@ -161,23 +169,25 @@ def lift(ctx: Context, email: str) -> bool:
 
 def _erase(ctx: Context, erasure: Erasure, email: str | None) -> None:
     """Erase `erasure.request_ids` (and, for `forget`, whatever names `email`) from the
-    storage layer and the local files; list what is elsewhere."""
+    storage layer, the local files and the file stores (`_erase_files`); list what is in
+    systems we do not erase from."""
     ids = erasure.request_ids
     tickets, subtasks = _made_for(ctx, ids)
     data = DataDir(ctx.settings.data_dir)
     files = [*_outbox(data.outbox, ids, email), *_replies(data.replies, ids, email)]
-    folders = _file_folders(data.files, ids)
+    safe = _safe(erasure, ids)
     if erasure.dry_run:
-        erasure.extra["files"] = [str(p) for p in [*files, *folders]]
+        erasure.extra["files"] = [str(p) for p in files]
+        _erase_files(ctx, erasure, safe)
     else:
+        if safe:  # owed first: whatever happens next (R2 down, a crash), they are not lost
+            ctx.storage.forgotten.owe_files(safe, ctx.now().timestamp())
         for store, count in ctx.storage.remove(ids).counts.items():
             erasure.add(store, count)
         for path in files:
             path.unlink(missing_ok=True)
         erasure.add("files", len(files))
-        for folder in folders:
-            shutil.rmtree(folder, ignore_errors=True)
-        erasure.add("stored attachments", len(folders))
+        _erase_files(ctx, erasure, safe)
         local_crm = _local_crm(ctx)
         if local_crm is not None:
             erasure.add("local CRM tickets", local_crm.erase_tickets(ids))
@@ -192,9 +202,60 @@ def _erase(ctx: Context, erasure: Erasure, email: str | None) -> None:
     if ctx.tasks.name != "local" and subtasks:
         erasure.left.append(f"{ctx.tasks.name} subtask(s) {', '.join(sorted(subtasks))}: "
                             "they name the client")
-    if ctx.files.name != "local" and ids:
-        erasure.left.append(f"{ctx.files.name} objects under requests/<request id>/ of "
-                            f"{len(ids)} request(s) (a bucket lifecycle rule does it)")
+
+
+def _safe(erasure: Erasure, ids: Sequence[str]) -> list[str]:
+    """The ids whose files can be erased by prefix; the others are left for a person (an id
+    like `..` would name another prefix: refusing beats erasing the wrong files)."""
+    from handler_cli.services.files import request_prefix
+
+    safe = []
+    for rid in ids:
+        try:
+            request_prefix(rid)
+        except ValueError as exc:
+            erasure.left.append(f"the stored files of a request: {exc}; look for them by hand")
+        else:
+            safe.append(rid)
+    return safe
+
+
+def _erase_files(ctx: Context, erasure: Erasure, ids: Sequence[str]) -> None:
+    """The attachments of `ids` (safe ones, `_safe`) and of the requests an earlier run still
+    owes: from the data dir's file folder always (it keeps the files stored before R2 was set
+    up), and from the live store when there is one. A store that fails is not asked again in
+    this run: what it holds stays owed, and the failure is reported (the command exits 1,
+    the poll too). A dry run counts what would go (`extra["would erase"]`)."""
+    from handler_cli.services import FileStore, ServiceError
+    from handler_cli.services.files.local import LocalFileStore
+
+    owed = [] if erasure.dry_run else ctx.storage.forgotten.files_owed()
+    pending = sorted({*ids, *owed})
+    if not pending:
+        return
+    stores: list[tuple[str, FileStore]] = [
+        ("stored attachments", LocalFileStore(DataDir(ctx.settings.data_dir).files))]
+    if ctx.files.name != "local":
+        stores.append((f"{ctx.files.name} attachments", ctx.files))
+    counted: dict[str, int] = {}
+    failed: set[str] = set()
+    for label, store in stores:
+        for n, rid in enumerate(pending):
+            try:
+                counted[label] = counted.get(label, 0) + store.erase_request(
+                    rid, dry_run=erasure.dry_run)
+            except (ServiceError, OSError) as exc:
+                failed.update(pending[n:])
+                erasure.failures.append(
+                    f"the {label} of {len(pending) - n} request(s) ({exc}); they stay owed: "
+                    "the next forget or prune erases them")
+                break
+    if erasure.dry_run:
+        erasure.extra["would erase"] = counted
+        return
+    for label, count in counted.items():
+        erasure.add(label, count)
+    ctx.storage.forgotten.files_erased([rid for rid in pending if rid not in failed])
 
 
 def _scrub_local(ctx: Context, erasure: Erasure) -> None:
@@ -276,16 +337,4 @@ def _replies(folder: Path, ids: Sequence[str], email: str | None) -> list[Path]:
         message = _headers(path)
         if _cites(message, wanted) or _names(message, email):
             found.append(path)
-    return sorted(found)
-
-
-def _file_folders(root: Path, ids: Iterable[str]) -> list[Path]:
-    """The local file store's folders of these requests: `requests/<id>/` (and the dated
-    `requests/<date>/<id>/` of older versions)."""
-    base = root / "requests"
-    if not base.is_dir():
-        return []
-    found = []
-    for rid in ids:
-        found += [p for p in (base / rid, *base.glob(f"*/{rid}")) if p.is_dir()]
     return sorted(found)

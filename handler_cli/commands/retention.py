@@ -40,8 +40,9 @@ def prune(
 
     A request is finished when nothing waits on it: not queued, running or retrying, not
     waiting for the client, the admin or its subtask. Its record, document, ledger entries,
-    poll journal entries, e-mail copies, stored files and local CRM ticket go; a request
-    still waiting is never erased, however old. `poll` does the same after each pass.
+    poll journal entries, e-mail copies, stored files (local and R2) and local CRM ticket
+    go; a request still waiting is never erased, however old. `poll` does the same after
+    each pass.
 
     Example: handler-cli requests prune --dry-run | jq '.request_ids | length'
     """
@@ -59,6 +60,9 @@ def prune(
         log.info("prune: retention is off (HANDLER_RETENTION_DAYS=0): nothing erased")
     else:
         log.info("%s", erasure.summary())
+    if erasure.failures:
+        # What was erased stays erased, the rest is owed: running it again is safe.
+        fail(ExitCode.FAILED, "prune: could not erase %s", "; ".join(erasure.failures))
 
 
 def forget(
@@ -75,11 +79,11 @@ def forget(
     """Erase everything about one client (the RGPD right to erasure), from every store.
 
     Every request from this address (open ones included), its document, ledger and journal
-    entries, the e-mail copies, the stored files, the local CRM's contact and tickets and
-    the local subtasks go. The address itself is kept only as a keyed hash, so that a
-    request from it arriving later (a replayed webhook) is held for the admin instead of
-    bringing the data back. What lives in other systems (HubSpot tickets, R2 files) is
-    listed under "left", to erase there.
+    entries, the e-mail copies, the stored files (local and R2), the local CRM's contact and
+    tickets and the local subtasks go. The address itself is kept only as a keyed hash, so
+    that a request from it arriving later (a replayed webhook) is held for the admin instead
+    of bringing the data back. What lives in other systems (HubSpot tickets, ClickUp
+    subtasks) is listed under "left", to erase there.
 
     Example: handler-cli forget claire.martin@example.fr --crm
     """

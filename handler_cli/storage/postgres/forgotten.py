@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from functools import cached_property
 
 from handler_cli.storage import email_hash
 from handler_cli.storage.postgres.connections import Connections
+
+OWED = "files_owed:"  # handler_meta keys of the requests whose files are still to erase
 
 
 class PostgresForgotten:
@@ -40,6 +43,22 @@ class PostgresForgotten:
     def lift(self, email: str) -> bool:
         return self.db.conn().execute("DELETE FROM handler_forgotten WHERE email_hash = %s",
                                       (email_hash(email, self._salt),)).rowcount > 0
+
+    def owe_files(self, request_ids: Sequence[str], at: float) -> None:
+        if request_ids:
+            self.db.conn().cursor().executemany(
+                "INSERT INTO handler_meta (key, value) VALUES (%s, %s)"
+                " ON CONFLICT (key) DO NOTHING", [(OWED + rid, repr(at)) for rid in request_ids])
+
+    def files_owed(self) -> list[str]:
+        rows = self.db.conn().execute("SELECT key FROM handler_meta WHERE left(key, %s) = %s"
+                                      " ORDER BY key", (len(OWED), OWED)).fetchall()
+        return [str(row[0])[len(OWED):] for row in rows]
+
+    def files_erased(self, request_ids: Sequence[str]) -> None:
+        if request_ids:
+            self.db.conn().execute("DELETE FROM handler_meta WHERE key = ANY(%s)",
+                                   ([OWED + rid for rid in request_ids],))
 
     def close(self) -> None:
         self.db.close()

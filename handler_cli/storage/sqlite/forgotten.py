@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import secrets
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from handler_cli.sqlite import connect
 from handler_cli.storage import email_hash
+
+OWED = "files_owed:"  # meta keys of the requests whose files are still to erase
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS forgotten (email_hash TEXT PRIMARY KEY, forgotten_at REAL NOT NULL);
@@ -45,6 +48,22 @@ class SqliteForgotten:
         with self._lock:
             return self._db.execute("DELETE FROM forgotten WHERE email_hash = ?",
                                     (email_hash(email, self._salt),)).rowcount > 0
+
+    def owe_files(self, request_ids: Sequence[str], at: float) -> None:
+        with self._lock:
+            self._db.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                                 [(OWED + rid, repr(at)) for rid in request_ids])
+
+    def files_owed(self) -> list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT key FROM meta WHERE substr(key, 1, ?) = ?"
+                                    " ORDER BY key", (len(OWED), OWED)).fetchall()
+        return [str(row[0])[len(OWED):] for row in rows]
+
+    def files_erased(self, request_ids: Sequence[str]) -> None:
+        with self._lock:
+            self._db.executemany("DELETE FROM meta WHERE key = ?",
+                                 [(OWED + rid,) for rid in request_ids])
 
     def close(self) -> None:
         with self._lock:
