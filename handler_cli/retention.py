@@ -246,9 +246,8 @@ def _erase_files(ctx: Context, erasure: Erasure, ids: Sequence[str]) -> None:
                     rid, dry_run=erasure.dry_run)
             except (ServiceError, OSError) as exc:
                 failed.update(pending[n:])
-                erasure.failures.append(
-                    f"the {label} of {len(pending) - n} request(s) ({exc}); they stay owed: "
-                    "the next forget or prune erases them")
+                erasure.failures.append(f"the {label} of {len(pending) - n} request(s), "
+                                        f"owed to the next forget or prune ({exc})")
                 break
     if erasure.dry_run:
         erasure.extra["would erase"] = counted
