@@ -30,7 +30,8 @@ __all__ = ["s3_peer", "s3_server_session"]  # fixtures, used by name below
 BUCKET = "valione-attachments"
 PUBLIC = "https://intake.valione-services.com"
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
-UNSAFE = ("", ".", "..", "...", "a/b", "../x", "REQ-1/..", "*", "a b", "REQ\n", "x" * 65)
+UNSAFE = ("", ".", "..", "...", "a/b", "../x", "REQ-1/..", "*", "a b", "REQ\n", "x" * 65,
+          "2026-11-25")  # the last: a day's folder of older versions
 
 
 def photos(*names: str) -> list[dict[str, str]]:
