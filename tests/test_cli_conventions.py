@@ -267,3 +267,27 @@ def test_a_data_dir_we_may_not_write_is_a_configuration_error(environ: dict,
                                      f"not writable{what}\n")
     finally:
         locked.chmod(stat.S_IRWXU)
+
+
+EXIT_SCRIPT = """
+import atexit, sys, threading, time
+from handler_cli.__main__ import exit_now
+atexit.register(lambda: print("|exit handlers ran", flush=True))
+if sys.argv[1] == "thread":
+    threading.Thread(target=lambda: (time.sleep(0.3), print("|thread done", flush=True))).start()
+sys.stdout.write("output")  # not flushed yet
+exit_now(int(sys.argv[2]) if sys.argv[2].isdigit() else sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize(("thread", "code", "stdout", "returncode"), [
+    ("none", "3", "output|exit handlers ran", 3),
+    ("thread", "0", "output|thread done|exit handlers ran", 0),
+    ("none", "bad input", "output|exit handlers ran", 1),
+])
+def test_the_quick_exit_flushes_runs_exit_handlers_and_waits_for_threads(
+        thread: str, code: str, stdout: str, returncode: int) -> None:
+    result = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, thread, code], text=True,
+                            capture_output=True, cwd=ROOT, timeout=60)
+    assert (result.stdout.replace("\n", ""), result.returncode) == (stdout, returncode)
+    assert result.stderr == ("bad input\n" if code == "bad input" else "")
