@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
@@ -19,7 +18,14 @@ from handler_cli.checks import proved
 from handler_cli.config import ConfigError, Settings
 from handler_cli.services import ServiceError
 from handler_cli.services.files.r2 import R2FileStore
-from tests.peers import LOOPBACK, S3Peer, closed_port, s3_peer, s3_server_session
+from tests.peers import (
+    LOOPBACK,
+    S3Peer,
+    closed_port,
+    http_server,
+    s3_peer,
+    s3_server_session,
+)
 
 __all__ = ["s3_peer", "s3_server_session"]  # fixtures, used by name below
 
@@ -177,22 +183,15 @@ class _RecordingS3(BaseHTTPRequestHandler):
 
 
 def test_upload_sends_no_default_checksums_that_r2_rejects(tmp_path: Path) -> None:
-    server = ThreadingHTTPServer((LOOPBACK, 0), _RecordingS3)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        _RecordingS3.seen.clear()
+    _RecordingS3.seen.clear()
+    with http_server(_RecordingS3) as url:
         store = make_store(
-            tmp_path, r2_endpoint_url=f"http://{LOOPBACK}:{server.server_address[1]}",
+            tmp_path, r2_endpoint_url=url,
             r2_bucket=BUCKET, r2_access_key_id="key-id", r2_secret_access_key="secret",
             r2_public_url="https://files.example.com",
         )
 
         store.put("requests/REQ-9/a.bin", PDF, "application/octet-stream")
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
 
     [(headers, body)] = _RecordingS3.seen
     assert body == PDF  # plain body, not aws-chunked with a trailing checksum
@@ -364,15 +363,8 @@ def scoped(s3_peer: S3Peer) -> Iterator[str]:
     s3_peer.create_bucket(BUCKET)
     _ScopedToken.upstream, _ScopedToken.writes = s3_peer.endpoint_url, True
     _ScopedToken.seen = []
-    server = ThreadingHTTPServer((LOOPBACK, 0), _ScopedToken)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield f"http://{LOOPBACK}:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
+    with http_server(_ScopedToken) as url:
+        yield url
 
 
 def test_check_proves_a_bucket_scoped_token_without_heading_the_bucket(

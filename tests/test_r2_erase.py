@@ -6,10 +6,9 @@ the files owed to the next run instead of forgotten."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,7 +20,14 @@ from handler_cli.services import ServiceError
 from handler_cli.services.files.local import LocalFileStore
 from handler_cli.services.files.r2 import R2FileStore
 from tests.conftest import clean_environ
-from tests.peers import LOOPBACK, S3Peer, closed_port, s3_peer, s3_server_session
+from tests.peers import (
+    LOOPBACK,
+    S3Peer,
+    closed_port,
+    http_server,
+    s3_peer,
+    s3_server_session,
+)
 from tests.postgres import pg_session, pg_url  # noqa: F401 - fixtures
 from tests.test_retention import CLAIRE, LATER, PAUL, cli, context, present, run, validated
 
@@ -150,17 +156,10 @@ class _FakeS3(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_s3(s3_peer: S3Peer) -> Iterator[str]:
-    server = ThreadingHTTPServer((LOOPBACK, 0), _FakeS3)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
     _FakeS3.deletes.clear()
     _FakeS3.refuse = None
-    try:
-        yield f"http://{LOOPBACK}:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
+    with http_server(_FakeS3) as url:
+        yield url
 
 
 def test_delete_objects_carries_exactly_one_integrity_header(
