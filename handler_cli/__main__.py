@@ -29,7 +29,8 @@ import threading
 import types
 from typing import NoReturn
 
-# pydantic/plugin/_loader.py: get_plugins() returns () for these values of the variable.
+# pydantic/plugin/_loader.py (pydantic 2.14.4, read 29 Nov 2026): get_plugins() returns ()
+# for these values of the variable; _schema_validator.py imports it on the first model.
 _ALL_PLUGINS_OFF = ("__all__", "1", "true")
 _PLUGIN_LOADER = "pydantic.plugin._loader"
 
@@ -56,6 +57,8 @@ def exit_now(code: str | int | None) -> NoReturn:
         sys.stderr.flush()
     except (BrokenPipeError, ValueError):  # the reader left, or the stream is closed
         pass
+    # What Py_FinalizeEx would run first (CPython 3.11-3.13: `atexit._run_exitfuncs`, kept
+    # since Python 3.0 though undocumented); the module and object teardown is what is skipped.
     atexit._run_exitfuncs()
     os._exit(code or 0)
 

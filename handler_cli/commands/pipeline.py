@@ -40,6 +40,7 @@ from handler_cli.commands._common import (
 from handler_cli.steps import PIPELINE, Step
 
 if TYPE_CHECKING:
+    from handler_cli.context import Context
     from handler_cli.document import Document
 
 log = logging.getLogger("handler_cli")
@@ -100,16 +101,17 @@ def process(
     return ExitCode.FAILED if report.failed else ExitCode.OK
 
 
-def _erased_client(doc: Document, ctx: Any) -> bool:
+def _erased_client(doc: Document, ctx: Context) -> bool:
     """`run` never brings back, unasked, the data of a client erased at their request
     (`handler-cli forget`), as the webhook holds such a request: refused, nothing stored."""
     when = ctx.storage.forgotten.forgotten_at(doc.user_email)
     if when is None:
         return False
-    erased = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d")
+    from handler_cli.intake.records import iso  # the webhook's hold says it the same way
+
     log.error("%s: not run: this client's data was erased at their request on %s "
               "(handler-cli forget). If they came back to us: handler-cli forget --lift "
-              "EMAIL, then run it again", doc.request_id, erased)
+              "EMAIL, then run it again", doc.request_id, iso(when))
     return True
 
 
